@@ -1,0 +1,80 @@
+# AlphaFace: caption dataset pipeline and swapper trainer. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PINS := torch==2.14.0 torchvision==0.29.0
+export HF_HUB_OFFLINE ?= 1
+
+# caption / embed / train / publish parameters (override on the command line)
+SOURCE ?= vggface2-hq
+INPUT ?=
+OUT ?=
+MODEL ?= OpenGVLab/InternVL3-14B-hf
+ENGINE ?= vllm
+PROMPT ?= holistic
+GPUS ?= 1
+NNODES ?= 1
+DATASET ?= $(OUT)
+CLIP ?= ViT-B-32
+PRETRAINED ?= openai
+CONFIG ?= training/configs/alphaface.yaml
+DATA ?= $(DATASET)
+REPO ?=
+ARGS ?=
+DEMO := demo_out
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all lint demo bench caption embed train publish clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS=":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "python >= 3.11 needed"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PINS)
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with torch 2.14 and the project [dev] (idempotent)
+
+test: install ## run the test suite (slow tests excluded)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: install ## run every test, slow ones included
+	$(PY) -m pytest -q tests
+
+lint: install ## ruff check and format check
+	$(VENV)/bin/ruff check pipeline training tests bench
+	$(VENV)/bin/ruff format --check pipeline training tests bench
+
+demo: install ## the whole flow on synthetic data with tiny models, on CPU
+	$(PY) -m pipeline.demo --out $(DEMO)
+
+bench: install ## every benchmark; one JSON line each
+	@for b in bench/*.py; do echo "# $$b" >&2; $(PY) $$b || exit 1; done
+
+caption: install ## caption INPUT into OUT: SOURCE= INPUT= OUT= MODEL= ENGINE= PROMPT= GPUS= [NNODES= ARGS=]
+	@test -n "$(INPUT)" -a -n "$(OUT)" || { echo "usage: make caption SOURCE=vggface2-hq INPUT=DIR OUT=DATASET MODEL=... GPUS=8"; exit 2; }
+	$(VENV)/bin/torchrun --nnodes $(NNODES) --nproc_per_node $(GPUS) -m pipeline.caption \
+	  --source $(SOURCE) --input $(INPUT) --output $(OUT) --engine $(ENGINE) --model $(MODEL) --prompt $(PROMPT) $(ARGS)
+
+embed: install ## embed captions of DATASET with CLIP: DATASET= CLIP= PRETRAINED= GPUS= [ARGS=]
+	@test -n "$(DATASET)" || { echo "usage: make embed DATASET=DIR CLIP=ViT-B-32 PRETRAINED=openai GPUS=1"; exit 2; }
+	$(VENV)/bin/torchrun --nnodes $(NNODES) --nproc_per_node $(GPUS) -m pipeline.embed \
+	  --dataset $(DATASET) --clip-model $(CLIP) --pretrained $(PRETRAINED) $(ARGS)
+
+train: install ## train the swapper: CONFIG= DATA= OUT= GPUS= [ARGS=]
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make train CONFIG=training/configs/alphaface.yaml DATA=DATASET OUT=RUN_DIR GPUS=8"; exit 2; }
+	$(VENV)/bin/accelerate launch --num_processes $(GPUS) -m training.train \
+	  --config $(CONFIG) --data $(DATA) --output $(OUT) $(ARGS)
+
+publish: install ## publish DATASET to the Hub: DATASET= REPO= [ARGS=--dry-run]
+	@test -n "$(DATASET)" -a -n "$(REPO)" || { echo "usage: make publish DATASET=DIR REPO=user/name"; exit 2; }
+	$(PY) -m pipeline.publish --dataset $(DATASET) --repo-id $(REPO) $(ARGS)
+
+clean: ## remove demo output and caches (keeps .venv)
+	rm -rf $(DEMO) .pytest_cache .ruff_cache
