@@ -80,7 +80,8 @@ def load_or_create_plan(
         return existing
     if existing is not None and not overwrite:
         raise PlanMismatch(
-            f"{ds.root} holds a dataset planned with other settings ({_diff(existing['fingerprint'], fingerprint)}); "
+            f"{ds.root} holds a dataset planned with other settings "
+            f"({_diff(existing['fingerprint'], fingerprint)}); "
             "use another --output, or --overwrite to delete it and start again"
         )
     if overwrite and rank != 0:
