@@ -306,9 +306,7 @@ def process_shard(
         "ok": len(written),
         "failed": dict(sorted(Counter(e["reason"] for e in errors).items())),
         "flags": dict(sorted(flags.items())),
-        "identity_words": dict(
-            sorted(Counter(w for s in written for w in identity_words(s.caption)).items())
-        ),
+        "identity_words": dict(sorted(Counter(w for s in written for w in identity_words(s.caption)).items())),
         "transcoded": sum(1 for s in written if s.image and s.image.transcoded_from),
         "with_mask": sum(1 for s in written if s.mask is not None),
         "caption_words": _caption_stats(written),
@@ -433,9 +431,7 @@ def parse_args(argv: list[str] | None = None) -> CaptionConfig:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument(
-        "--trust-remote-code", action="store_true", help="only for non -hf checkpoints; off by default"
-    )
+    p.add_argument("--trust-remote-code", action="store_true", help="only for non -hf checkpoints; off by default")
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--world-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
