@@ -142,6 +142,8 @@ class Sample:
     flags: list[str] = field(default_factory=list)
     error: tuple[str, str] | None = None  # (stage, reason) when the sample failed
     detail: str = ""
+    transcoded: bool = False  # kept for the stats once the image is written and released
+    has_mask: bool = False
 
 
 def _load_one(record: SourceRecord, cfg: CaptionConfig, want_mask: bool) -> Sample:
@@ -275,8 +277,11 @@ def process_shard(
             if s.error is not None:
                 failed.append(s)
                 continue
+            shard_sample = to_shard_sample(s, engine.info.model, prompt, cfg.image_format)
+            # Keep only what the stats need: a shard's decoded images would otherwise stay in memory.
+            s.transcoded, s.has_mask, s.image, s.mask = bool(s.image.transcoded_from), s.mask is not None, None, None
             written.append(s)
-            yield to_shard_sample(s, engine.info.model, prompt, cfg.image_format)
+            yield shard_sample
 
     shard_path = ds.shard_path(plan["name"], index)
     write_shard(shard_path, ok_samples())
@@ -307,8 +312,8 @@ def process_shard(
         "failed": dict(sorted(Counter(e["reason"] for e in errors).items())),
         "flags": dict(sorted(flags.items())),
         "identity_words": dict(sorted(Counter(w for s in written for w in identity_words(s.caption)).items())),
-        "transcoded": sum(1 for s in written if s.image and s.image.transcoded_from),
-        "with_mask": sum(1 for s in written if s.mask is not None),
+        "transcoded": sum(s.transcoded for s in written),
+        "with_mask": sum(s.has_mask for s in written),
         "caption_words": _caption_stats(written),
         "caption_word_counts": [len(s.caption.split()) for s in written],
         "attributes": {k: dict(v.most_common(50)) for k, v in sorted(attrs.items())},

@@ -152,6 +152,7 @@ def test_bad_inputs_each_accounted_once(tmp_path, model_path):
             failed[k] = failed.get(k, 0) + v
     assert failed == {r: list(expected_bad.values()).count(r) for r in set(expected_bad.values())}
     assert summary["ok"] == len(kept) and summary["failed"] == len(expected_bad)
+    assert sum(s["transcoded"] for s in stats) == len(kept)  # none of the kept odd inputs was plain RGB JPEG
 
 
 def test_celeba_masks_become_a_member_of_every_sample(tmp_path, model_path):
@@ -168,6 +169,9 @@ def test_celeba_masks_become_a_member_of_every_sample(tmp_path, model_path):
     assert hf.num_rows == 4 and "mask.png" in hf.column_names
     mask = hf[0]["mask.png"]
     assert mask.size == (512, 512) and mask.getextrema() == (0, 255)
+    assert (
+        sum(DatasetDir(out).load_stats(i)["with_mask"] for i in range(DatasetDir(out).load_plan()["num_shards"])) == 4
+    )
     assert all(r["identity"] is not None for r in hf["json"])
 
 
