@@ -1,0 +1,291 @@
+"""The embed stage on real shards with a tiny real open_clip model (fixed random weights, offline).
+
+Embeddings are checked against open_clip's own `encode_text`/`encode_image` run here independently;
+the Parquet files are read back with pyarrow. Faults are real: a subprocess killed with SIGKILL,
+damaged Parquet files, two ranks started at the same moment.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.dataset import DatasetDir, atomic_write_json, clip_tag
+from pipeline.embed import EmbedConfig, load_clip, main, run
+from pipeline.prompts import ATTRIBUTES
+from pipeline.shards import iter_shard
+from tests.pipeline.conftest_embed import LONG_CAPTION, embed_clip, make_dataset  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[2]
+TAG = clip_tag("embed-test-clip.json", "embed-test-clip.pt")
+TIMING = ("seconds", "samples_per_second")
+F16_ATOL = 2e-3  # float16 has an 11-bit mantissa; unit vectors of dim 32 have entries well under 1
+
+CAPTIONS = [
+    ["The person looks left.", "The person looks left.", "", LONG_CAPTION, "Soft light, blue background."],
+    ["The person looks left.", "A frontal pose with glasses.", "A frontal pose with glasses."],
+]
+
+
+def _args(ds: DatasetDir, clip: tuple[Path, Path], *extra: str) -> list[str]:
+    config, ckpt = clip
+    return [
+        "--dataset", str(ds.root), "--clip-model", str(config), "--pretrained", str(ckpt),
+        "--batch-size", "2", "--workers", "2", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def _table(ds: DatasetDir, index: int):
+    return pq.read_table(ds.embeddings_path(TAG, index))
+
+
+def _vectors(table, name: str) -> np.ndarray:
+    col = table.column(name).combine_chunks()
+    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
+
+
+def _snapshot(ds: DatasetDir) -> dict[str, object]:
+    """Every embeddings file: Parquet bytes, and stats without the timing fields."""
+    snap: dict[str, object] = {}
+    for p in sorted(ds.embeddings_dir(TAG).rglob("*")):
+        rel = p.relative_to(ds.root).as_posix()
+        if p.suffix == ".json":
+            snap[rel] = {k: v for k, v in json.loads(p.read_text()).items() if k not in TIMING}
+        elif p.is_file():
+            snap[rel] = p.read_bytes()
+    return snap
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, embed_clip) -> DatasetDir:  # noqa: F811
+    """Two shards embedded by one uninterrupted in-process run."""
+    ds = make_dataset(tmp_path_factory.mktemp("ref") / "ds", CAPTIONS)
+    main(_args(ds, embed_clip))
+    return ds
+
+
+def test_equals_open_clip_text_and_image(reference, embed_clip):  # noqa: F811
+    config, ckpt = embed_clip
+    open_clip.add_model_config(config)
+    model, _, preprocess = open_clip.create_model_and_transforms("embed-test-clip", pretrained=str(ckpt))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("embed-test-clip")
+    for index in range(2):
+        samples = list(iter_shard(reference.shard_path("vggface2-hq", index)))
+        table = _table(reference, index)
+        assert table.column("key").to_pylist() == [s.key for s in samples]
+        captions = [json.loads(s.members["json"])["caption"] for s in samples]
+        with torch.no_grad():
+            text = model.encode_text(tokenizer(captions), normalize=True).numpy()
+            pixels = torch.stack([preprocess(Image.open(io.BytesIO(s.members["jpg"]))) for s in samples])
+            image = model.encode_image(pixels, normalize=True).numpy()
+        np.testing.assert_allclose(_vectors(table, "text_emb"), text, atol=F16_ATOL)
+        np.testing.assert_allclose(_vectors(table, "image_emb"), image, atol=F16_ATOL)
+        np.testing.assert_allclose(table.column("text_image_sim").to_numpy(), (text * image).sum(-1), atol=F16_ATOL)
+        assert table.schema.field("text_emb").type.value_type == "halffloat"
+        norms = np.linalg.norm(_vectors(table, "text_emb"), axis=-1)
+        np.testing.assert_allclose(norms, 1.0, atol=F16_ATOL)
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert meta["clip_model"] == "embed-test-clip"
+    assert meta["clip_pretrained"] == str(ckpt)
+    assert meta["clip_tag"] == TAG == "embed-test-clip__embed-test-clip"
+
+
+def test_stats_count_dedup_truncation_and_empty(reference):
+    stats = json.loads((reference.embeddings_dir(TAG) / "stats" / "000000.json").read_text())
+    assert stats["rows"] == 5
+    assert stats["unique_captions"] == 4 and stats["texts_encoded"] == 4
+    assert stats["truncated"] == 1 and stats["empty_captions"] == 1
+    assert stats["caption_tokens"]["max"] > 77
+    table = _table(reference, 0)
+    assert table.column("text_truncated").to_pylist() == [False, False, False, True, False]
+    assert table.column("text_empty").to_pylist() == [False, False, True, False, False]
+    t = _vectors(table, "text_emb")
+    assert np.array_equal(t[0], t[1])  # one caption, one embedding
+    assert np.isfinite(t[2]).all()  # the empty caption has an embedding too
+
+
+def test_identical_captions_are_encoded_once(tmp_path, embed_clip):  # noqa: F811
+    ds = make_dataset(tmp_path / "ds", [["same words"] * 4 + ["other words"] * 2])
+    config, ckpt = embed_clip
+    cfg = EmbedConfig(dataset=ds.root, clip_model=str(config), pretrained=str(ckpt), batch_size=8, progress=False)
+    clip = load_clip(cfg.clip_model, cfg.pretrained)
+    encoded: list[int] = []
+    clip.model.transformer.register_forward_hook(lambda m, args, out: encoded.append(args[0].shape[0]))
+    summary = run(cfg, clip)
+    assert summary["done_now"] == 1
+    assert sum(encoded) == 2  # the text tower saw 2 captions for 6 samples
+    assert json.loads((ds.embeddings_dir(TAG) / "stats" / "000000.json").read_text())["unique_captions"] == 2
+
+
+def test_truncation_flag_matches_open_clip_tokenizer(tmp_path, embed_clip):  # noqa: F811
+    # "a" is one BPE token: 75 of them plus start and end fill the 77-token context exactly.
+    fits, cut = " ".join(["a"] * 75), " ".join(["a"] * 76)
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    assert not torch.equal(tok([fits]), tok([" ".join(["a"] * 74)]))
+    assert torch.equal(tok([cut]), tok([fits]))  # the 76th "a" is lost to truncation
+    ds = make_dataset(tmp_path / "ds", [[fits, cut]])
+    main(_args(ds, embed_clip))
+    assert _table(ds, 0).column("text_truncated").to_pylist() == [False, True]
+
+
+def test_attributes_are_embedded_per_field(tmp_path, embed_clip):  # noqa: F811
+    ds = make_dataset(tmp_path / "ds", [[None] * 4], structured=True)
+    main(_args(ds, embed_clip, "--attributes"))
+    table = _table(ds, 0)
+    clip = load_clip(str(embed_clip[0]), str(embed_clip[1]))
+    samples = [json.loads(s.members["json"]) for s in iter_shard(ds.shard_path("vggface2-hq", 0))]
+    for name in ATTRIBUTES:
+        got = _vectors(table, f"attr_{name}_emb")
+        want = clip.encode_text([s["attributes"][name] for s in samples]).numpy()
+        np.testing.assert_allclose(got, want, atol=F16_ATOL)
+    stats = json.loads((ds.embeddings_dir(TAG) / "stats" / "000000.json").read_text())
+    assert stats["attributes"]["head_pose"]["unique"] == 3  # 4 samples cycle through 3 poses
+    meta = table.schema.metadata
+    assert json.loads(meta[b"attributes"]) == sorted(ATTRIBUTES)
+
+
+def test_attributes_on_a_holistic_dataset_is_refused(tmp_path, embed_clip):  # noqa: F811
+    ds = make_dataset(tmp_path / "ds", [["a caption"]])
+    with pytest.raises(SystemExit, match="structured-caption dataset"):
+        main(_args(ds, embed_clip, "--attributes"))
+
+
+def test_uncaptioned_shards_are_skipped_then_done(tmp_path, embed_clip, capsys):  # noqa: F811
+    ds = make_dataset(tmp_path / "ds", [["a"], ["b"], ["c"]], uncaptioned=(1,))
+    summary = main(_args(ds, embed_clip))
+    assert summary["skipped_not_captioned"] == 1 and summary["done_now"] == 2
+    assert "not captioned yet" in capsys.readouterr().err
+    assert not ds.embeddings_path(TAG, 1).exists()
+    # The caption job finishes shard 1; the same command embeds only that one.
+    full = make_dataset(tmp_path / "full", [["a"], ["b"], ["c"]])
+    shutil.copy(full.shard_path("vggface2-hq", 1), ds.shard_path("vggface2-hq", 1))
+    atomic_write_json(ds.stats_path(1), full.load_stats(1))
+    summary = main(_args(ds, embed_clip))
+    assert (summary["done_now"], summary["skipped_done"], summary["skipped_not_captioned"]) == (1, 2, 0)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "wrong_tag", "stats_missing"])
+def test_damaged_output_is_regenerated(tmp_path, embed_clip, reference, damage):  # noqa: F811
+    ds = DatasetDir(tmp_path / "ds")
+    shutil.copytree(reference.root, ds.root)
+    path = ds.embeddings_path(TAG, 1)
+    data = path.read_bytes()
+    if damage == "truncate":  # a partial file, as a non-atomic writer killed mid-write would leave
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":  # one flipped byte in text_emb's page data; the file still parses
+        chunk = pq.ParquetFile(path).metadata.row_group(0).column(1)
+        i = chunk.data_page_offset + chunk.total_compressed_size - 1
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
+    elif damage == "wrong_tag":  # another model's file in this folder
+        table = pq.read_table(path)
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"clip_tag": b"ViT-B-32__openai"}), path)
+    else:
+        (ds.embeddings_dir(TAG) / "stats" / "000001.json").unlink()
+    summary = main(_args(ds, embed_clip))
+    assert (summary["done_now"], summary["skipped_done"]) == (1, 1)
+    assert summary["regenerated"] == 1
+    assert _snapshot(ds) == _snapshot(reference)
+
+
+def _launch(ds: DatasetDir, clip: tuple[Path, Path], env: dict[str, str] | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.embed", *_args(ds, clip)],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_kill_9_then_rerun_is_identical(tmp_path, embed_clip):  # noqa: F811
+    captions = [[f"caption {s} {j % 2}" for j in range(4)] for s in range(16)]
+    reference = make_dataset(tmp_path / "ref", captions)
+    main(_args(reference, embed_clip))
+    ds = make_dataset(tmp_path / "ds", captions)
+    proc = _launch(ds, embed_clip)
+    first = ds.embeddings_dir(TAG) / "stats" / "000000.json"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert first.exists(), "the first shard should have finished before the kill"
+    done = [i for i in range(16) if (ds.embeddings_dir(TAG) / "stats" / f"{i:06d}.json").exists()]
+    assert len(done) < 16, "killed too late to test resume"
+    summary = main(_args(ds, embed_clip))
+    assert summary["skipped_done"] == len(done) and summary["done_now"] == 16 - len(done)
+    assert not list(ds.embeddings_dir(TAG).rglob(".*.tmp"))
+    assert _snapshot(ds) == _snapshot(reference)
+
+
+def test_two_ranks_at_once_equal_one(tmp_path, embed_clip, reference):  # noqa: F811
+    ds = DatasetDir(tmp_path / "ds")
+    shutil.copytree(reference.root, ds.root, ignore=shutil.ignore_patterns("embeddings"))
+    procs = [_launch(ds, embed_clip, {"RANK": str(r), "WORLD_SIZE": "2"}) for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+        summary = json.loads(err.decode().strip().splitlines()[-1])["embed"]
+        assert summary["my_shards"] == 1 and summary["done_now"] == 1
+    assert _snapshot(ds) == _snapshot(reference)
+
+
+def test_unsafe_tar_member_is_refused(tmp_path, embed_clip):  # noqa: F811
+    ds = make_dataset(tmp_path / "ds", [["a", "b"]])
+    shard = ds.shard_path("vggface2-hq", 0)
+    with tarfile.open(shard, "a") as tar:
+        info = tarfile.TarInfo("../evil.jpg")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    with pytest.raises(SystemExit, match="unsafe or malformed tar member"):
+        main(_args(ds, embed_clip))
+    assert not ds.embeddings_path(TAG, 0).exists()
+
+
+def test_hub_tag_not_cached_says_how_to_get_it(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    ds = make_dataset(tmp_path / "ds", [["a"]])
+    with pytest.raises(SystemExit, match="not in the local cache") as e:
+        main(["--dataset", str(ds.root), "--clip-model", "ViT-B-32", "--pretrained", "openai", "--no-progress"])
+    assert "--pretrained" in str(e.value) and "HF_HUB_OFFLINE" in str(e.value)
+    with pytest.raises(SystemExit, match="neither an open_clip tag"):
+        main(["--dataset", str(ds.root), "--clip-model", "ViT-B-32", "--pretrained", "no-such-tag", "--no-progress"])
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="precision"):
+        EmbedConfig(dataset=Path("x"), precision="fp8")
+    with pytest.raises(ValueError, match="batch-size"):
+        EmbedConfig(dataset=Path("x"), batch_size=0)
+    with pytest.raises(ValueError, match="no such model-config"):
+        EmbedConfig(dataset=Path("x"), clip_model="missing.json")
+
+
+def test_a_shard_where_every_input_failed_gets_an_empty_file(tmp_path, embed_clip):  # noqa: F811
+    ds = make_dataset(tmp_path / "ds", [[], ["a"]])
+    summary = main(_args(ds, embed_clip))
+    assert summary["done_now"] == 2
+    table = _table(ds, 0)
+    assert table.num_rows == 0 and table.schema.field("text_emb").type.list_size == 32
+    assert main(_args(ds, embed_clip))["skipped_done"] == 2
