@@ -1,6 +1,6 @@
 """`make demo`: the whole flow on built-in synthetic data with tiny random models, on CPU.
 
-    synthetic faces -> tiny models -> caption -> embed -> train -> swap
+    synthetic faces -> tiny models -> caption -> embed -> data card -> train -> swap
 
 No network is used. The tiny models have random weights, so their captions are noise: the demo
 shows that every stage runs and what it writes, not what a trained model produces. A rerun
@@ -48,6 +48,20 @@ def run(out: Path, identities: int = 4, per_identity: int = 4, size: int = 256) 
             "--shard-size", "8", "--batch-size", "4", "--max-new-tokens", "24",
         ]
     )  # fmt: skip
+    _step("embed (open_clip, tiny CLIP config, random weights)")
+    from pipeline import embed
+
+    summary["embed"] = embed.main(
+        [
+            "--dataset", str(dataset), "--clip-model", str(models / tiny_models.CLIP_FILE),
+            "--pretrained", "none", "--batch-size", "64", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    _step("data card (from the run's stats)")
+    from pipeline import card
+
+    card.main(["--dataset", str(dataset)])
+    summary["card"] = str(dataset / "README.md")
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["dataset"] = str(dataset)
     return summary
