@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from collections import Counter
@@ -46,6 +45,7 @@ from pipeline.prompts import (
     get_prompt,
     identity_words,
     parse_structured,
+    word_stats,
 )
 from pipeline.shards import ShardSample, write_shard
 from pipeline.sources import CELEBA_MASK_CLASSES, SOURCES, SourceRecord
@@ -240,21 +240,6 @@ def to_shard_sample(sample: Sample, engine_model: str, prompt: Prompt, image_for
     return ShardSample(r.key, members)
 
 
-def _caption_stats(samples: list[Sample]) -> dict[str, Any]:
-    words = [len(s.caption.split()) for s in samples]
-    if not words:
-        return {"count": 0}
-    q = sorted(words)
-    return {
-        "count": len(words),
-        "mean": round(statistics.fmean(words), 3),
-        "min": q[0],
-        "max": q[-1],
-        "p50": q[len(q) // 2],
-        "p95": q[min(len(q) - 1, int(0.95 * len(q)))],
-    }
-
-
 def process_shard(
     index: int,
     ds: DatasetDir,
@@ -314,7 +299,7 @@ def process_shard(
         "identity_words": dict(sorted(Counter(w for s in written for w in identity_words(s.caption)).items())),
         "transcoded": sum(s.transcoded for s in written),
         "with_mask": sum(s.has_mask for s in written),
-        "caption_words": _caption_stats(written),
+        "caption_words": word_stats([len(s.caption.split()) for s in written]),
         "caption_word_counts": [len(s.caption.split()) for s in written],
         "attributes": {k: dict(v.most_common(50)) for k, v in sorted(attrs.items())},
         "prompt_id": prompt.prompt_id,

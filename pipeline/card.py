@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from pipeline.dataset import DatasetDir, atomic_write_bytes
-from pipeline.prompts import PROMPTS
+from pipeline.prompts import PROMPTS, word_stats
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "data_cards"
 
@@ -103,21 +103,6 @@ def size_category(n: int) -> str:
 
 
 # ---------------------------------------------------------------- facts from the run
-
-
-def word_stats(counts: list[int]) -> dict[str, Any]:
-    """The same figures, with the same quantile rule, as the caption stage's per-shard stats."""
-    if not counts:
-        return {"count": 0}
-    q = sorted(counts)
-    return {
-        "count": len(q),
-        "mean": round(statistics.fmean(q), 3),
-        "min": q[0],
-        "max": q[-1],
-        "p50": q[len(q) // 2],
-        "p95": q[min(len(q) - 1, int(0.95 * len(q)))],
-    }
 
 
 def _quantile(values: list[float], p: float) -> float:

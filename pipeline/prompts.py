@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from typing import Any
 
 from pipeline.engines.base import Prompt
@@ -195,3 +196,18 @@ def caption_flags(caption: str, finish_reason: str) -> list[str]:
     if not caption.strip():
         flags.append("empty")
     return flags
+
+
+def word_stats(counts: list[int]) -> dict[str, Any]:
+    """Caption-length figures (in words) for the stats and the data card, one quantile rule for both."""
+    if not counts:
+        return {"count": 0}
+    q = sorted(counts)
+    return {
+        "count": len(q),
+        "mean": round(statistics.fmean(q), 3),
+        "min": q[0],
+        "max": q[-1],
+        "p50": q[len(q) // 2],
+        "p95": q[min(len(q) - 1, int(0.95 * len(q)))],
+    }
