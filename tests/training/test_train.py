@@ -1,0 +1,353 @@
+"""The trainer: config presets and overrides, pairing, exact resume, faults, samples, and a 2-process run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from pipeline.reader import FaceReader
+from tests.training.conftest_train import (  # noqa: F401  (fixtures)
+    CLIP_NAME,
+    IMAGE_SIZE,
+    REPO,
+    RUN_SETS,
+    RUN_STEPS,
+    SPLIT_AT,
+    demo_args,
+    demo_run,
+    mask_data,
+    train_clip,
+    train_data,
+)
+from training.config import TrainConfig, load_config, read_yaml
+from training.data import choose_sources, draw_pairing, make_swap_batch, reader_config, step_rng
+from training.train import main
+
+CONFIGS = REPO / "training" / "configs"
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+def test_official_preset_is_the_full_default_and_the_others_are_small_diffs():
+    official = load_config(CONFIGS / "alphaface.yaml")
+    assert official == TrainConfig()  # alphaface.yaml spells out every default
+    assert set(yaml.safe_load((CONFIGS / "alphaface.yaml").read_text())) == set(TrainConfig().to_dict())
+    # the recipe of DESIGN §7
+    assert (official.lr_g, official.lr_d, official.betas, official.weight_decay) == (1e-4, 1e-4, (0.0, 0.99), 5e-4)
+    assert (official.lr_step, official.lr_gamma, official.grad_clip) == (20_000, 0.97, 1.0)
+    loss = official.loss
+    assert (loss.id_weight, loss.rec_weight, loss.perceptual_weight, loss.cycle_weight, loss.mask_weight) == (
+        10, 0.5, 0.5, 0.5, 0.5,
+    )  # fmt: skip
+    assert (loss.clip_id_weight, loss.clip_text_weight, loss.adv_weight, loss.adv_start_step) == (1, 1, 1, 200_000)
+    assert official.pair_rates == {"random": 1.0, "same_identity": 0.0, "self": 0.0}
+    assert not official.allow_random_weights
+
+    fast = yaml.safe_load((CONFIGS / "alphaface-fast.yaml").read_text())
+    assert fast == {"base": "alphaface.yaml", "generator": "alphaface-fast"}
+    assert load_config(CONFIGS / "alphaface-fast.yaml") == TrainConfig(generator="alphaface-fast")
+    # only demo.yaml allows random weights
+    for path in CONFIGS.glob("*.yaml"):
+        assert load_config(path).allow_random_weights == (path.name == "demo.yaml"), path
+
+
+def test_overrides_are_parsed_as_yaml_never_evaluated(tmp_path):
+    cfg = load_config(
+        CONFIGS / "demo.yaml",
+        ["lr_g=2e-4", "loss.adv_start_step=1e3", "pairs.self=0.5", "trackers=[tensorboard, wandb]", "flip=0"],
+    )
+    assert cfg.lr_g == 2e-4 and cfg.loss.adv_start_step == 1000 and cfg.trackers == ("tensorboard", "wandb")
+    assert cfg.loss.id_weight == 10.0  # the rest of the loss mapping is kept
+    assert cfg.pair_rates == {"random": 2 / 3, "same_identity": 0.0, "self": 1 / 3}
+    with pytest.raises(ValueError, match="seed must be a number"):
+        load_config(None, ["seed=__import__('os').getcwd()"])  # a string, not code
+    with pytest.raises(ValueError, match="did you mean 'lr_g'"):
+        load_config(None, ["lr_gg=1"])
+    with pytest.raises(ValueError, match="loss: unknown field"):
+        load_config(None, ["loss.idd_weight=1"])
+    with pytest.raises(ValueError, match="pairs must map"):
+        load_config(None, ["pairs.sideways=1"])
+    # a child preset merges its mappings into the base's; cycles are refused
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nloss: {rec_weight: 2}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {CONFIGS / 'alphaface.yaml'}\nloss: {{id_weight: 3}}\n")
+    merged = load_config(tmp_path / "a.yaml").loss
+    assert (merged.id_weight, merged.rec_weight, merged.adv_start_step) == (3, 2, 200_000)
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        read_yaml(tmp_path / "a.yaml")
+
+
+def test_missing_real_weights_are_refused_unless_random_is_allowed(tmp_path, train_data, train_clip):  # noqa: F811
+    out = tmp_path / "run"
+    args = ["--config", str(CONFIGS / "alphaface-fast.yaml"), "--data", str(train_data), "--output", str(out),
+            "--set", f"clip_model={train_clip}", "clip_pretrained=none"]  # fmt: skip
+    with pytest.raises(SystemExit) as err:
+        main(args)
+    message = str(err.value)
+    for name in ("id_weights", "emap", "vgg_weights", "clip_pretrained", "allow_random_weights: true"):
+        assert name in message
+    assert not out.exists()  # refused before anything was written
+    with pytest.raises(SystemExit, match="id_weights: .*does not exist"):
+        main([*args, "allow_random_weights=false", "id_weights=/nonexistent/w600k_r50.pth", "emap=/x.npy",
+              "vgg_weights=/y.pth", "clip_pretrained=openai"])  # fmt: skip
+
+
+def test_dataset_without_embeddings_names_the_fix(tmp_path, train_data, train_clip):  # noqa: F811
+    bare = tmp_path / "bare"
+    shutil.copytree(train_data, bare, ignore=shutil.ignore_patterns("embeddings"))
+    with pytest.raises(SystemExit, match=r"has no embeddings for CLIP train-test-clip__none .*make embed"):
+        main(demo_args([bare], tmp_path / "run", train_clip))
+
+
+def test_too_little_data_for_the_batch_is_refused_up_front(tmp_path, train_data, train_clip):  # noqa: F811
+    with pytest.raises(SystemExit, match="the data is too small: .*lower batch_size"):
+        main(demo_args([train_data], tmp_path / "run", train_clip, "batch_size=9", "num_workers=2"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: pairs and flips
+
+
+def test_pairs_follow_their_kind_and_repeat_exactly_per_step():
+    ids = ["a", "a", "b", "b", "c", ""]
+    self_src, kinds = choose_sources(ids, {"self": 1.0}, random.Random(0))
+    assert self_src == list(range(6)) and set(kinds) == {"self"}
+    rnd, kinds = choose_sources(ids * 20, {"random": 1.0}, random.Random(0))
+    assert all(j != i for i, j in enumerate(rnd)) and set(kinds) == {"random"}
+    assert len(set(rnd)) > 60  # spread over the batch, not a fixed shift
+    same, kinds = choose_sources(ids, {"same_identity": 1.0}, random.Random(0))
+    assert same[:4] == [1, 0, 3, 2]  # the only mate of each
+    assert kinds[4:] == ["fallback", "fallback"] and same[4] != 4 and same[5] != 5  # no mate -> random
+    assert choose_sources(["x"], {"random": 1.0}, random.Random(0)) == ([0], ["fallback"])  # batch of one
+    # the draw is a function of (seed, rank, step, micro-step) only
+    a = choose_sources(ids * 4, {"random": 0.5, "self": 0.5}, step_rng(7, 1, 123, 0))
+    assert a == choose_sources(ids * 4, {"random": 0.5, "self": 0.5}, step_rng(7, 1, 123, 0))
+    assert a != choose_sources(ids * 4, {"random": 0.5, "self": 0.5}, step_rng(7, 1, 124, 0))
+
+
+def test_swap_batch_from_reader_batch_flips_masks_and_captions(train_data, train_clip):  # noqa: F811
+    cfg = TrainConfig(data=(str(train_data),), clip_model=str(train_clip), clip_pretrained="none", image_size=32,
+                      batch_size=8, flip=1.0, num_workers=0, allow_random_weights=True)  # fmt: skip
+    reader = FaceReader(reader_config(cfg, 0, 1))
+    batch = next(iter(reader))
+    pairing = draw_pairing(batch, cfg, step_rng(0, 0, 0, 0))
+    images = batch["image"].clone()
+    swap = make_swap_batch(batch, cfg, pairing)
+    src = torch.tensor(pairing.sources)
+    assert torch.equal(swap.target, images.flip(-1))  # flip=1: every image mirrored
+    assert torch.equal(swap.source, swap.target[src])
+    assert torch.equal(swap.source_image_emb, batch["image_emb"][src])
+    words = [set(c.lower().replace(",", " ").replace(";", " ").split()) for c in batch["caption"]]
+    sided = torch.tensor([bool(w & {"left", "right"}) for w in words])  # "bright" is not a side
+    assert sided.any() and (~sided).any()
+    # a mirrored image no longer matches "turned to the left": its caption embedding is blanked
+    assert torch.equal(swap.text_emb.abs().sum(1) == 0, sided)
+    assert torch.equal(swap.text_emb[~sided], batch["text_emb"][~sided])
+    assert swap.mask is None  # VGGFace2-HQ has no masks
+    both = swap.both_directions()
+    assert both.source.shape[0] == 16 and torch.equal(both.source[8:], swap.target)
+
+
+def test_masks_are_used_where_the_dataset_has_them(train_data, mask_data, train_clip):  # noqa: F811
+    cfg = TrainConfig(data=(str(train_data), str(mask_data)), clip_model=str(train_clip), clip_pretrained="none",
+                      image_size=32, batch_size=24, flip=0.5, num_workers=0, allow_random_weights=True)  # fmt: skip
+    batch = next(iter(FaceReader(reader_config(cfg, 0, 1))))  # all 24 samples: 16 without masks, 8 with
+    assert int(batch["has_mask"].sum()) == 8
+    pairing = draw_pairing(batch, cfg, step_rng(0, 0, 0, 0))
+    masks, images = batch["mask"].clone(), batch["image"].clone()
+    swap = make_swap_batch(batch, cfg, pairing)
+    assert torch.equal(swap.mask_valid, batch["has_mask"])
+    flipped = torch.tensor(pairing.flipped)
+    assert flipped.any() and (~flipped).any()
+    assert torch.equal(swap.mask[flipped], masks[flipped].flip(-1))  # the mask follows its image
+    assert torch.equal(swap.target[flipped], images[flipped].flip(-1))
+    assert torch.equal(swap.mask[~flipped], masks[~flipped])
+    assert torch.equal(swap.source_mask_valid, batch["has_mask"][torch.tensor(pairing.sources)])
+    both = swap.both_directions()  # the reverse rows take the sources' masks
+    assert torch.equal(both.mask_valid, torch.cat([swap.mask_valid, swap.source_mask_valid]))
+    without = make_swap_batch(batch, dataclasses.replace(cfg, use_masks=False), pairing)
+    assert without.mask is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            flat[prefix] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
+        else:
+            flat[prefix] = torch.tensor(float(value)) if isinstance(value, int | float) else flat.get(prefix)
+
+    walk("", state)
+    return {k: v for k, v in flat.items() if v is not None}
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys(), a.name
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), f"{a.name}: {k} differs"
+
+
+def test_demo_run_writes_config_stats_samples_checkpoints_and_final(demo_run):  # noqa: F811
+    run = demo_run
+    cfg = load_config(run / "config.yaml")  # the resolved config reads back as the run's own config
+    assert cfg.generator == "tiny" and cfg.max_steps == RUN_STEPS and cfg.batch_size == 3
+    lines = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, RUN_STEPS + 1))
+    names = ["Loss/G/id", "Loss/G/rec", "Loss/G/perceptual", "Loss/G/cycle", "Loss/G/clip_id", "Loss/G/clip_text",
+             "Loss/D/real", "Loss/D/fake", "Speed/samples_per_s", "Grad/G_norm", "LR/G"]  # fmt: skip
+    for name in names:
+        assert all(name in r for r in lines), name
+    assert ["Loss/G/adv" in r for r in lines] == [False, False, True, True, True]  # on from adv_start_step 2
+    assert [r["Data/epoch"] for r in lines] == [0, 0, 0, 0, 1]
+    # sample grids: rows of (source | target | swap), the fixed pairs stored once
+    grids = sorted(p.name for p in (run / "samples").glob("step_*.png"))
+    assert grids == ["step_0000002.png", "step_0000004.png", "step_0000005.png"]
+    fixed = load_file(str(run / "samples" / "pairs.safetensors"))
+    grid = np.asarray(Image.open(run / "samples" / "step_0000004.png"))
+    assert grid.shape == (2 * IMAGE_SIZE, 3 * IMAGE_SIZE, 3)
+    assert np.array_equal(grid[:IMAGE_SIZE, :IMAGE_SIZE], fixed["source"][0].permute(1, 2, 0).numpy())
+    assert np.array_equal(grid[:IMAGE_SIZE, IMAGE_SIZE : 2 * IMAGE_SIZE], fixed["target"][0].permute(1, 2, 0).numpy())
+    # checkpoints: complete folders only, each with the EMA and the data position
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["step_0000003", "step_0000005"]
+    state = json.loads((run / "checkpoints" / "step_0000005" / "trainer_state.json").read_text())
+    assert state["step"] == 5 and state["positions"] == [{"epoch": 1, "batches": 1}]
+    final = run / "final" / "generator.safetensors"
+    spec = json.loads(final.with_suffix(".json").read_text())
+    assert spec["preset"] == "tiny" and spec["ema"] is True and spec["step"] == 5
+    _assert_identical(final, run / "checkpoints" / "step_0000005" / "ema.safetensors")  # the EMA weights
+
+
+def test_resume_is_exact_and_skips_a_half_written_checkpoint(tmp_path, demo_run, train_data, train_clip):  # noqa: F811
+    out = tmp_path / "run"
+    first = main(demo_args([train_data], out, train_clip, *RUN_SETS, max_steps=SPLIT_AT))
+    assert first["steps"] == SPLIT_AT
+    with pytest.raises(SystemExit, match="--resume"):  # an existing run is never clobbered silently
+        main(demo_args([train_data], out, train_clip, *RUN_SETS, max_steps=RUN_STEPS))
+    # what a process killed while saving step 4 leaves behind: a temporary folder, never renamed
+    ckpts = out / "checkpoints"
+    partial = ckpts / ".step_0000004.tmp"
+    shutil.copytree(ckpts / f"step_{SPLIT_AT:07d}", partial)
+    (partial / "trainer_state.json").unlink()
+    (partial / "model.safetensors").write_bytes(b"\0" * 100)
+
+    resumed = main([*demo_args([train_data], out, train_clip, *RUN_SETS, max_steps=RUN_STEPS), "--resume"])
+    assert resumed["resumed_from"].endswith(f"step_{SPLIT_AT:07d}") and resumed["steps"] == RUN_STEPS
+    assert not partial.exists()
+    # 3 steps + a resumed 2 == 5 straight steps: models, optimisers, schedulers, EMA, all bit for bit
+    for name in ("model.safetensors", "model_1.safetensors", "ema.safetensors", "optimizer.bin",
+                 "optimizer_1.bin", "scheduler.bin", "scheduler_1.bin"):  # fmt: skip
+        _assert_identical(out / "checkpoints" / "step_0000005" / name, demo_run / "checkpoints" / "step_0000005" / name)
+    _assert_identical(out / "final" / "generator.safetensors", demo_run / "final" / "generator.safetensors")
+    a = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (demo_run / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):  # the same batches, pairs and losses
+        assert {k: v for k, v in ra.items() if k.startswith("Loss/")} == {
+            k: v for k, v in rb.items() if k.startswith("Loss/")
+        }
+    assert (out / "samples" / "step_0000004.png").read_bytes() == (
+        demo_run / "samples" / "step_0000004.png"
+    ).read_bytes()
+
+
+def _poison_text_embeddings(path: Path) -> None:
+    """Rewrite one embeddings Parquet with NaN caption embeddings (a damaged upstream), metadata kept."""
+    table = pq.read_table(path)
+    col = table.column("text_emb").combine_chunks()
+    nan = np.full(len(col) * col.type.list_size, np.nan, dtype=np.float16)
+    poisoned = pa.FixedSizeListArray.from_arrays(pa.array(nan, type=col.type.value_type), col.type.list_size)
+    table = table.set_column(table.column_names.index("text_emb"), table.schema.field("text_emb"), poisoned)
+    pq.write_table(table.replace_schema_metadata(table.schema.metadata), path)
+
+
+def test_nan_loss_stops_naming_step_and_term_and_keeps_last_checkpoint(tmp_path, train_data, train_clip):  # noqa: F811
+    data = tmp_path / "data"
+    shutil.copytree(train_data, data)
+    sets = ["batch_size=4", "shuffle_buffer=1", "flip=0", "checkpoint_every=2", "num_workers=0"]
+    cfg = load_config(None, [f"clip_model={train_clip}", "clip_pretrained=none", *sets], data=(str(data),))
+    # shards are read in a seeded order; poison the second one: steps 1-2 read the first (8 samples)
+    second = FaceReader(reader_config(cfg, 0, 1)).rank_shards(0)[1]
+    _poison_text_embeddings(second.parquet)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        main(demo_args([data], out, train_clip, *sets, max_steps=6))
+    message = str(err.value)
+    assert "non-finite loss at step 3" in message and "Loss/G/clip_text=nan" in message
+    assert "Loss/G/id=" not in message  # only the poisoned term (and the total) are named
+    assert str(out / "checkpoints" / "step_0000002") in message
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002"]
+    assert not (out / "final").exists()
+    state = load_file(str(out / "checkpoints" / "step_0000002" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_torchrun_two_processes_train_and_export(tmp_path, train_data, mask_data, train_clip):  # noqa: F811
+    out = tmp_path / "run"
+    # two micro-steps per optimiser step; StepLR halves the rate every optimiser step (not per micro-step,
+    # not once per process)
+    sets = ["batch_size=2", "grad_accum_steps=2", "lr_step=1", "lr_gamma=0.5", "loss.adv_start_step=0",
+            "trackers=[tensorboard]"]  # fmt: skip
+    args = demo_args([train_data, mask_data], out, train_clip, *sets, max_steps=2)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "training.train", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "step_0000002" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and len(state["positions"]) == 2
+    replicas = state["replicas"]  # each rank's weight checksums: DDP kept the two copies bit-identical
+    assert len(replicas) == 2 and replicas[0] == replicas[1]
+    assert {p.name for p in (out / "checkpoints" / "step_0000002").glob("random_states_*")} == {
+        "random_states_0.pkl", "random_states_1.pkl",
+    }  # fmt: skip
+    lines = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2] and all("Loss/G/adv" in r for r in lines)
+    assert any("Loss/G/mask" in r for r in lines)  # the CelebA-HQ shard's masks reached the loss
+    assert [r["LR/G"] for r in lines] == [5e-5, 2.5e-5] and [r["LR/D"] for r in lines] == [5e-5, 2.5e-5]
+    spec = json.loads((out / "final" / "generator.json").read_text())
+    assert spec["step"] == 2
+    weights = load_file(str(out / "final" / "generator.safetensors"))
+    assert weights and all(torch.isfinite(v).all() for v in weights.values())
+    assert state["positions"] == [{"epoch": 0, "batches": 4}, {"epoch": 0, "batches": 4}]  # 2 steps x 2 micro
+    # TensorBoard, read back with its own reader: the named metrics, one point per step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    for tag in ("Loss/G/id", "Loss/G/adv", "Loss/D/real", "Speed/samples_per_s"):
+        assert [e.step for e in acc.Scalars(tag)] == [1, 2], tag

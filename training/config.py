@@ -1,0 +1,346 @@
+"""The trainer's one config: a frozen dataclass, YAML presets with `base:` inheritance, `--set` overrides.
+
+    training/configs/alphaface.yaml       the full default: the official recipe (DESIGN §7), every field
+    training/configs/alphaface-fast.yaml  base: alphaface.yaml, plus only what differs
+    training/configs/demo.yaml            base: alphaface-fast.yaml, tiny and CPU-sized
+
+`load_config(path, overrides=["loss.adv_start_step=0", "lr_g=2e-4"])` reads a preset, follows its
+`base:` chain (paths relative to the file), deep-merges the mapping fields (`loss`, `pairs`,
+`generator_overrides`, `discriminator`), applies the overrides (dotted keys reach into those
+mappings; each value is parsed as YAML by a safe loader, never evaluated) and checks everything in
+`TrainConfig.__post_init__`. `to_dict` / `dump_yaml` give the resolved config that the trainer writes
+into the run directory, which `load_config` reads back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.losses import LossConfig
+from training.models import GENERATOR_PRESETS, DiscriminatorConfig, GeneratorConfig
+
+PAIR_KINDS = ("random", "same_identity", "self")
+PRECISIONS = ("no", "fp16", "bf16")
+TRACKERS = ("tensorboard", "wandb")
+ID_ARCHS = ("r50", "r100", "tiny")  # tiny: a small random IResNet for the CPU demo and tests only
+MAPPING_FIELDS = ("pairs", "generator_overrides", "discriminator", "loss")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans (`mixed_precision: no` stays the string "no"),
+    and `1e-4` is a float (YAML 1.1 needs `1.0e-4`). Everything else is the safe loader's."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: plain data only, no Python objects
+
+
+class MissingWeights(FileNotFoundError):
+    """A frozen network (identity encoder, VGG16, CLIP) has no real weights and random ones were not allowed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- run
+    data: tuple[str, ...] = ()  # dataset directories written by caption + embed (--data, repeatable)
+    output: str | None = None  # RUN_DIR: config, checkpoints, samples, stats, TensorBoard logs (--output)
+    max_steps: int = 500_000  # optimiser steps (--max-steps); the adversarial term starts at loss.adv_start_step
+    seed: int = 0  # model init, data order, pairing and flips all derive from it
+    device: str = "auto"  # auto (each process's GPU if CUDA is there, else CPU) | cpu (forced, gloo across processes)
+
+    # --- data
+    image_size: int = 256  # square side images are decoded to; the generator presets are designed for 256
+    batch_size: int = 16  # pairs per process per micro-step; both directions make 2x this many swaps
+    grad_accum_steps: int = 1  # micro-steps per optimiser step
+    num_workers: int = 4  # DataLoader workers per process (decode + join in the reader)
+    shuffle_buffer: int = 2048  # samples each worker shuffles over; shards are identity-sorted, so keep it large
+    pairs: dict[str, float] = field(default_factory=lambda: {"random": 1.0, "same_identity": 0.0, "self": 0.0})
+    # ^ rates of (source, target) pair kinds; random is the official recipe; normalised to sum 1
+    flip: float = 0.5  # probability of a horizontal flip per image (captions naming left/right then skip clip_text)
+    use_masks: bool = True  # masked-reconstruction loss on samples whose shard has a face+hair mask
+    both_directions: bool = True  # every pair also swaps the other way (official: losses in both directions)
+
+    # --- models
+    generator: str = "alphaface"  # preset: alphaface (official) | alphaface-fast | tiny
+    generator_overrides: dict[str, Any] = field(default_factory=dict)  # GeneratorConfig fields, e.g. caii_mode
+    discriminator: dict[str, Any] = field(default_factory=dict)  # DiscriminatorConfig fields (image_size is ours)
+
+    # --- frozen networks and their weights (real training needs all of them)
+    id_arch: str = "r50"  # ArcFace IResNet: r50 (official, w600k) | r100 | tiny (random only)
+    id_weights: str | None = None  # arcface_torch backbone checkpoint (.pth / .safetensors)
+    emap: str | None = None  # InSwapper 512x512 "emap" (.npy) applied after ArcFace (official)
+    use_emap: bool = True  # false: plain normalised ArcFace embeddings, no emap needed
+    vgg_weights: str | None = None  # torchvision vgg16-397923af.pth (or .safetensors) for the perceptual loss
+    vgg_input_size: int = 224  # VGG16 input side (official 224)
+    clip_model: str = "ViT-B-32"  # open_clip name or model-config JSON, as given to embed --clip-model
+    clip_pretrained: str = "openai"  # open_clip tag or checkpoint path, as given to embed --pretrained
+    allow_random_weights: bool = False  # demo/tests only: random frozen networks where weights are missing
+
+    # --- losses (training.losses.LossConfig: weights, adversarial schedule, variants)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    # --- optimisation (official: AdamW 1e-4, betas (0, 0.99), wd 5e-4, StepLR x0.97 / 20k, clip 1.0)
+    lr_g: float = 1e-4  # generator learning rate
+    lr_d: float = 1e-4  # discriminator learning rate
+    betas: tuple[float, float] = (0.0, 0.99)  # AdamW betas, both networks
+    weight_decay: float = 5e-4  # AdamW weight decay, both networks
+    lr_step: int = 20_000  # StepLR period, in optimiser steps
+    lr_gamma: float = 0.97  # StepLR factor
+    grad_clip: float = 1.0  # max gradient norm per network; 0 disables
+    mixed_precision: str = "bf16"  # no | fp16 | bf16 (Accelerate autocast; fp16 adds loss scaling)
+    ema_decay: float = 0.999  # EMA of the generator's weights (exported at the end); 0 disables
+
+    # --- logging and checkpoints
+    log_every: int = 50  # steps between metric lines (TensorBoard + stats.jsonl)
+    sample_every: int = 2000  # steps between sample grids (source | target | swap) in RUN_DIR/samples
+    num_samples: int = 8  # rows of a sample grid (fixed pairs, taken once per run)
+    checkpoint_every: int = 5000  # steps between checkpoints in RUN_DIR/checkpoints
+    keep_checkpoints: int = 3  # newest complete checkpoints kept
+    trackers: tuple[str, ...] = ("tensorboard",)  # Accelerate trackers: tensorboard, wandb
+    progress: bool = True  # tqdm bar on the main process
+
+    def __post_init__(self) -> None:
+        data = (self.data,) if isinstance(self.data, str | Path) else self.data
+        object.__setattr__(self, "data", tuple(str(d) for d in data))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "trackers", tuple(self.trackers))
+        if isinstance(self.loss, dict):
+            object.__setattr__(self, "loss", _loss_config(self.loss))
+        for name in ("max_steps", "image_size", "batch_size", "grad_accum_steps", "lr_step", "vgg_input_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.num_samples < 0:
+            raise ValueError("num_workers and num_samples must be >= 0")
+        unknown = set(self.pairs) - set(PAIR_KINDS)
+        if unknown or any(v < 0 for v in self.pairs.values()) or sum(self.pairs.values()) <= 0:
+            raise ValueError(f"pairs must map {PAIR_KINDS} to rates >= 0 with a positive sum, got {self.pairs}")
+        if not 0.0 <= self.flip <= 1.0:
+            raise ValueError(f"flip must be a probability, got {self.flip}")
+        if self.generator not in GENERATOR_PRESETS:
+            raise ValueError(f"generator must be one of {sorted(GENERATOR_PRESETS)}, got {self.generator!r}")
+        _check_fields(GeneratorConfig, self.generator_overrides, "generator_overrides")
+        _check_fields(DiscriminatorConfig, self.discriminator, "discriminator", exclude=("image_size",))
+        if self.id_arch not in ID_ARCHS:
+            raise ValueError(f"id_arch must be one of {ID_ARCHS}, got {self.id_arch!r}")
+        if self.id_arch == "tiny" and (not self.allow_random_weights or self.id_weights):
+            raise ValueError("id_arch tiny is a random test network: allow_random_weights: true and no id_weights")
+        if not self.clip_model or not self.clip_pretrained:
+            raise ValueError("clip_model and clip_pretrained must name the CLIP the dataset was embedded with")
+        if not (self.lr_g > 0 and self.lr_d > 0 and self.weight_decay >= 0 and 0 < self.lr_gamma <= 1):
+            raise ValueError("need lr_g, lr_d > 0, weight_decay >= 0 and 0 < lr_gamma <= 1")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.grad_clip < 0:
+            raise ValueError("grad_clip must be >= 0 (0 disables)")
+        if self.device not in ("auto", "cpu"):
+            raise ValueError(f"device must be auto or cpu, got {self.device!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if set(self.trackers) - set(TRACKERS):
+            raise ValueError(f"trackers must be among {TRACKERS}, got {self.trackers}")
+
+    @property
+    def pair_rates(self) -> dict[str, float]:
+        """The pair kinds' rates, normalised to sum 1, in PAIR_KINDS order."""
+        total = sum(self.pairs.values())
+        return {k: self.pairs.get(k, 0.0) / total for k in PAIR_KINDS}
+
+    def missing_weights(self) -> list[str]:
+        """What real training still lacks: empty when every frozen network has weights (or random is allowed)."""
+        if self.allow_random_weights:
+            return []
+        missing = []
+        if not self.id_weights:
+            missing.append("id_weights (insightface arcface_torch IResNet backbone, e.g. w600k r50)")
+        if self.use_emap and not self.emap:
+            missing.append("emap (the InSwapper 512x512 emap as .npy; or set use_emap: false)")
+        if self.loss.perceptual_weight and not self.vgg_weights:
+            missing.append("vgg_weights (torchvision vgg16-397923af.pth)")
+        if (self.loss.clip_id_weight or self.loss.clip_text_weight) and self.clip_pretrained == "none":
+            missing.append("clip_pretrained (the open_clip tag or checkpoint the dataset was embedded with)")
+        return missing
+
+    def check_weights(self) -> None:
+        """Refuse to train without real weights unless `allow_random_weights: true`; check the files exist."""
+        missing = self.missing_weights()
+        if missing:
+            raise MissingWeights(
+                "real training needs weights for the frozen networks; missing: "
+                + "; ".join(missing)
+                + ". Pass them with --set id_weights=... emap=... vgg_weights=... clip_pretrained=... "
+                "(or the same keys in the config). Random weights are only for the demo and tests "
+                "(allow_random_weights: true, as demo.yaml sets)."
+            )
+        for name in ("id_weights", "emap", "vgg_weights"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise MissingWeights(f"{name}: {path} does not exist or is not a file")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-safe values (tuples become lists, the loss config a mapping)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "loss":
+                value = dataclasses.asdict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def _check_fields(cls: type, values: dict[str, Any], where: str, exclude: tuple[str, ...] = ()) -> None:
+    known = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+
+
+def _loss_config(values: dict[str, Any]) -> LossConfig:
+    _check_fields(LossConfig, values, "loss")
+    defaults = LossConfig()
+    return LossConfig(**{k: _coerce(f"loss.{k}", v, getattr(defaults, k)) for k, v in values.items()})
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Numbers as the field's type. YAML 1.1 reads `1e-4` (no dot) as a string and `2e5` too; accept
+    those, and integral floats for int fields; refuse anything else that does not fit."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if not isinstance(default, int | float) or value is None:
+        return value
+    try:
+        number = float(value) if isinstance(value, str) else value
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(default, float):
+        return float(number)
+    if float(number) != int(number):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(number)
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML and overrides
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset as a mapping, its `base:` chain merged in (the child wins; mappings merge key by key)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"config inheritance cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a YAML mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return merge(read_yaml(path.parent / base, (*_seen, path)), data)
+
+
+def merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in child.items():
+        if key in MAPPING_FIELDS and isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`key=value` strings onto a config mapping; `a.b=value` sets key b of mapping field a.
+
+    Values are parsed as YAML by a safe loader (`1e-4`, `true`, `[a, b]`, `null`), never evaluated.
+    """
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        value = parse_yaml(raw) if raw.strip() else None
+        top, _, sub = key.partition(".")
+        if top not in known:
+            raise ValueError(f"--set {key}: unknown config key {top!r}{_suggest(top, known)}")
+        if sub:
+            if top not in MAPPING_FIELDS:
+                raise ValueError(f"--set {key}: {top!r} is not a mapping field")
+            current = out.get(top)
+            if isinstance(current, LossConfig):
+                current = dataclasses.asdict(current)
+            out[top] = {**(current or {}), sub: value}
+        else:
+            out[top] = value
+    return out
+
+
+def from_dict(values: dict[str, Any]) -> TrainConfig:
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}{_suggest(unknown[0], known)}")
+    defaults = TrainConfig()
+    values = {k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
+    if "loss" in values:  # a partial loss mapping fills up from LossConfig's own (official) defaults
+        values["loss"] = _loss_config(values["loss"] or {})
+    for name in ("pairs",):  # a partial pairs mapping keeps the other kinds at 0
+        if name in values and values[name] is not None:
+            values[name] = {k: float(v) for k, v in values[name].items()}
+    return TrainConfig(**values)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> TrainConfig:
+    """A preset file (or the defaults when `path` is None), then `fields`, then `--set` overrides."""
+    values = read_yaml(path) if path is not None else {}
+    values.update({k: v for k, v in fields.items() if v is not None})
+    return from_dict(apply_overrides(values, overrides or []))
