@@ -5,9 +5,10 @@
 1. Data. Synthetic VGGFace2-HQ-layout faces (512 px) are captioned (a fixed-answer engine: no model)
    and embedded (the tiny CLIP, and ViT-B-32 with random weights for the real presets) into shards.
 2. Reader. One DataLoader worker's rate, in process: shard read, Parquet join, shuffle, decode to
-   256, collate, then flips + pairing into a SwapBatch (training.data), against plain Pillow
+   256 (uint8), collate, then drawing the pairs (training.data), against plain Pillow
    decoding (draft + convert + resize to 256) of the same JPEG bytes held in memory, in the same
    run and interleaved, best of --repeats each (these machines are shared and noisy). Target >= 0.8x.
+   The device-side part (float conversion, flips, source gather: make_swap_batch) is timed apart.
 3. CPU train steps at batch 4 (pairs; 8 swaps with both directions), float32: demo.yaml, and the
    alphaface-fast preset at full size with random frozen networks (r50, VGG16 at 224, ViT-B-32).
    Seconds per step exclude each run's first step (allocation, oneDNN kernel selection).
@@ -97,18 +98,34 @@ def reader_rate(dataset: Path, clip_json: str) -> float:
     reader = FaceReader(reader_config(cfg, 0, 1))
     n, start = 0, time.perf_counter()
     for i, batch in enumerate(reader):
-        swap = make_swap_batch(batch, cfg, draw_pairing(batch, cfg, step_rng(0, 0, i, 0)))
-        n += swap.target.shape[0]
+        # The worker-side work: read, join, decode, collate (uint8), and drawing the pairs. The float
+        # conversion, flips and source gather (make_swap_batch) run on the training device: see bench_swap_batch.
+        pairing = draw_pairing(batch, cfg, step_rng(0, 0, i, 0))
+        n += len(pairing.sources)
+    return n / (time.perf_counter() - start)
+
+
+def swap_batch_rate(dataset: Path, clip_json: str) -> float:
+    """Samples per second of make_swap_batch on this CPU (on a GPU run it happens on the device)."""
+    cfg = load_config(None, data=(str(dataset),), clip_model=clip_json, clip_pretrained="none", batch_size=16,
+                      num_workers=0, shuffle_buffer=512, allow_random_weights=True)  # fmt: skip
+    batches = list(FaceReader(reader_config(cfg, 0, 1)))
+    pairings = [draw_pairing(b, cfg, step_rng(0, 0, i, 0)) for i, b in enumerate(batches)]
+    n, start = 0, time.perf_counter()
+    for batch, pairing in zip(batches, pairings, strict=True):
+        n += make_swap_batch(batch, cfg, pairing).target.shape[0]
     return n / (time.perf_counter() - start)
 
 
 def bench_reader(dataset: Path, clip_json: str, repeats: int) -> dict[str, Any]:
     jpegs = [s.members["jpg"] for tar in sorted((dataset / "shards").glob("*.tar")) for s in iter_shard(tar)]
-    reader, decode = [], []
+    reader, decode, swap = [], [], []
     for _ in range(repeats):  # interleaved, so a noisy neighbour hits both alike
         decode.append(decode_rate(jpegs))
         reader.append(reader_rate(dataset, clip_json))
+        swap.append(swap_batch_rate(dataset, clip_json))
     return {
+        "make_swap_batch_samples_per_s_cpu": round(max(swap), 1),
         "samples": len(jpegs),
         "reader_samples_per_s_per_worker": round(max(reader), 1),
         "decode_samples_per_s": round(max(decode), 1),

@@ -167,9 +167,7 @@ class DatasetDir:
 
     def load_plan(self) -> dict[str, Any]:
         if not self.plan_path.is_file():
-            raise FileNotFoundError(
-                f"{self.root} has no plan.json: is it a dataset made by pipeline.caption?"
-            )
+            raise FileNotFoundError(f"{self.root} has no plan.json: is it a dataset made by pipeline.caption?")
         with open(self.plan_path, encoding="utf-8") as f:
             return json.load(f)
 
@@ -188,7 +186,5 @@ def shard_tar_path(ds: DatasetDir, plan: dict[str, Any], index: int) -> Path:
 def clip_tag(model: str, pretrained: str) -> str:
     """Folder name under embeddings/ for one CLIP model + weights, e.g. `ViT-B-32__openai`."""
     base = Path(model).stem if model.endswith(".json") else model
-    weights = (
-        Path(pretrained).stem if os.sep in pretrained or pretrained.endswith((".pt", ".bin")) else pretrained
-    )
+    weights = Path(pretrained).stem if os.sep in pretrained or pretrained.endswith((".pt", ".bin")) else pretrained
     return f"{sanitize(base)}__{sanitize(weights)}"

@@ -25,9 +25,7 @@ class PlanMismatch(RuntimeError):
     """The output directory holds a plan made with different settings."""
 
 
-def build_plan(
-    fingerprint: dict[str, Any], records: list[SourceRecord], shard_size: int, name: str
-) -> dict[str, Any]:
+def build_plan(fingerprint: dict[str, Any], records: list[SourceRecord], shard_size: int, name: str) -> dict[str, Any]:
     shards = [[r.to_row() for r in records[i : i + shard_size]] for i in range(0, len(records), shard_size)]
     return {
         "version": PLAN_VERSION,

@@ -47,6 +47,7 @@ from pipeline.embed import EmbeddingsInvalid, attribute_column, read_embeddings
 from pipeline.shards import iter_shard
 
 IMAGE_TYPES = ("tensor", "pil")
+IMAGE_DTYPES = ("float32", "uint8")
 
 
 class MissingEmbeddings(FileNotFoundError):
@@ -63,7 +64,10 @@ class ReaderConfig:
     allow_partial: bool = False  # use only the shards captioning has finished, instead of refusing
     # --- decoding
     image_size: int | None = 256  # square side the image (and mask) are resized to; None keeps stored size
-    image_type: str = "tensor"  # tensor: float (3, H, W) in [0, 1] | pil: RGB PIL image
+    image_type: str = "tensor"  # tensor: (3, H, W) torch tensor | pil: RGB PIL image
+    image_dtype: str = (
+        "float32"  # tensors: float32 in [0, 1], or uint8 (0-255 images, 0/1 masks) to convert on the device
+    )
     # --- order
     seed: int = 0  # with the epoch, fixes the shard order and the sample shuffle
     shuffle: bool = True  # shuffle the shard order per epoch and samples within a buffer
@@ -81,6 +85,8 @@ class ReaderConfig:
             raise ValueError("ReaderConfig needs at least one dataset directory")
         if self.image_type not in IMAGE_TYPES:
             raise ValueError(f"image_type must be one of {IMAGE_TYPES}")
+        if self.image_dtype not in IMAGE_DTYPES:
+            raise ValueError(f"image_dtype must be one of {IMAGE_DTYPES}")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError("image_size must be >= 1 or None")
         if self.batch_size is not None and self.batch_size < 1:
@@ -241,15 +247,22 @@ def _mask(data: bytes, size: int | None) -> Image.Image:
     return img
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB or L -> float (C, H, W) in [0, 1]."""
+def to_uint8(img: Image.Image) -> torch.Tensor:
+    """PIL RGB or L -> uint8 (C, H, W)."""
     a = np.array(img, dtype=np.uint8)  # (H, W, 3) or (H, W)
     if a.ndim == 2:
         a = a[:, :, None]  # (H, W, 1)
-    return torch.from_numpy(a).permute(2, 0, 1).float().div_(255)  # (C, H, W)
+    return torch.from_numpy(a).permute(2, 0, 1)  # (C, H, W)
 
 
-def decode(sample: JoinedSample, image_size: int | None, image_type: str) -> dict[str, Any]:
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB or L -> float (C, H, W) in [0, 1]."""
+    return to_uint8(img).float().div_(255)
+
+
+def decode(
+    sample: JoinedSample, image_size: int | None, image_type: str, image_dtype: str = "float32"
+) -> dict[str, Any]:
     meta = json.loads(sample.members["json"])
     ext = "jpg" if "jpg" in sample.members else "png"  # a dataset has one image member name (DESIGN §3)
     if ext not in sample.members:
@@ -266,6 +279,12 @@ def decode(sample: JoinedSample, image_size: int | None, image_type: str) -> dic
     if image_type == "pil":
         out["image"] = img
         out["mask"] = _mask(mask_bytes, image_size) if mask_bytes is not None else None
+    elif image_dtype == "uint8":
+        # Float conversion is left to the consumer's device: it costs more than decoding on a CPU worker.
+        out["image"] = to_uint8(img)  # (3, H, W) uint8
+        h, w = out["image"].shape[1:]
+        mask = to_uint8(_mask(mask_bytes, image_size)) if mask_bytes is not None else None
+        out["mask"] = (mask > 127).to(torch.uint8) if mask is not None else torch.zeros(1, h, w, dtype=torch.uint8)
     else:
         out["image"] = to_tensor(img)  # (3, H, W)
         h, w = out["image"].shape[1:]
@@ -425,7 +444,7 @@ class FaceReader(IterableDataset):
             lambda src: join_embeddings(src, cfg.tag, self.attribute_names),
             wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=rng) if cfg.shuffle else None,
             lambda src: _skip(src, taken[stream] * (cfg.batch_size or 1)),  # resume: skip before decoding
-            wds.map(partial(decode, image_size=cfg.image_size, image_type=cfg.image_type)),
+            wds.map(partial(decode, image_size=cfg.image_size, image_type=cfg.image_type, image_dtype=cfg.image_dtype)),
             wds.batched(cfg.batch_size, collation_fn=collate, partial=cfg.partial_batches) if cfg.batch_size else None,
         )
 

@@ -113,9 +113,7 @@ def list_celeba_hq(
     _require_dir(root)
     img_dir = root / "CelebA-HQ-img"
     if not img_dir.is_dir():
-        raise FileNotFoundError(
-            f"{img_dir} does not exist: CelebA-HQ images live in ROOT/CelebA-HQ-img/N.jpg"
-        )
+        raise FileNotFoundError(f"{img_dir} does not exist: CelebA-HQ images live in ROOT/CelebA-HQ-img/N.jpg")
     files = [n for n in os.listdir(img_dir) if _is_image(n)]
     # Numeric order (0, 1, 2, ... 10), not string order: N is the CelebA-HQ index.
     files.sort(key=lambda n: (0, int(Path(n).stem), n) if Path(n).stem.isdigit() else (1, 0, n))
@@ -129,9 +127,7 @@ def list_celeba_hq(
     id_path = _find(root, "identity_CelebA.txt", identity_file)
     if id_path is not None:
         if not orig_of:
-            raise FileNotFoundError(
-                f"{id_path} needs {mapping_path} to map CelebA-HQ indices to CelebA files"
-            )
+            raise FileNotFoundError(f"{id_path} needs {mapping_path} to map CelebA-HQ indices to CelebA files")
         identity_of = {row[0]: row[1] for row in _read_pairs(id_path) if len(row) >= 2}
 
     partition_of: dict[str, str] = {}

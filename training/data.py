@@ -43,6 +43,7 @@ def reader_config(cfg: TrainConfig, rank: int, world_size: int) -> ReaderConfig:
         attributes=cfg.loss.clip_text_factorised,
         image_size=cfg.image_size,
         image_type="tensor",
+        image_dtype="uint8",  # converted to float on the training device (make_swap_batch)
         seed=cfg.seed,
         shuffle=True,
         shuffle_buffer=cfg.shuffle_buffer,
@@ -177,6 +178,11 @@ def _flip_(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 reader images to float in [0, 1]; float images pass through."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+
 def make_swap_batch(
     batch: dict[str, Any], cfg: TrainConfig, pairing: Pairing, device: torch.device | str | None = None
 ) -> SwapBatch:
@@ -190,7 +196,7 @@ def make_swap_batch(
     n = batch["image"].shape[0]
     src = torch.tensor(pairing.sources, dtype=torch.long, device=dev)
     flip_rows = torch.tensor([i for i, f in enumerate(pairing.flipped) if f], dtype=torch.long, device=dev)
-    images = _flip_(batch["image"].to(dev, non_blocking=True), flip_rows)  # (B, 3, H, W) in [0, 1]
+    images = _to_unit(_flip_(batch["image"].to(dev, non_blocking=True), flip_rows))  # (B, 3, H, W) in [0, 1]
     captions = batch.get("caption") or [""] * n
     # the caption describes the mirror image now: blank it (the gated CLIP text term skips zero rows)
     unusable = torch.tensor(
@@ -208,7 +214,7 @@ def make_swap_batch(
     mask = mask_valid = None
     has_mask = batch.get("has_mask")
     if cfg.use_masks and has_mask is not None and bool(has_mask.any()):
-        mask = _flip_(batch["mask"].to(dev, non_blocking=True), flip_rows)  # (B, 1, H, W), follows its image
+        mask = _flip_(batch["mask"].to(dev, non_blocking=True), flip_rows).float()  # (B, 1, H, W) 0/1, follows image
         mask_valid = has_mask.to(dev).bool()  # (B,)
     sim = batch["text_image_sim"].to(dev).float()  # (B,)
     image_emb = batch["image_emb"].to(dev, non_blocking=True)  # (B, D)

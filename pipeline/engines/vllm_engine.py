@@ -101,8 +101,7 @@ class VLLMEngine:
             import vllm
         except ImportError as e:
             raise ImportError(
-                "the vllm engine needs vLLM on a GPU machine: pip install -e '.[vllm]' "
-                "(or use --engine transformers)"
+                "the vllm engine needs vLLM on a GPU machine: pip install -e '.[vllm]' (or use --engine transformers)"
             ) from e
         self._vllm = vllm
         self.llm = vllm.LLM(

@@ -93,6 +93,17 @@ def test_join_with_two_workers(embedded, embed_clip):  # noqa: F811
     assert sorted(seen) == sorted(rows)  # every sample exactly once across both workers
 
 
+def test_uint8_images_equal_float_images_times_255(embedded, embed_clip):  # noqa: F811
+    as_float = list(FaceReader(_config(embed_clip, embedded.root, batch_size=3, shuffle=False)))
+    as_uint8 = list(FaceReader(_config(embed_clip, embedded.root, batch_size=3, shuffle=False, image_dtype="uint8")))
+    assert [b["key"] for b in as_float] == [b["key"] for b in as_uint8]
+    for f, u in zip(as_float, as_uint8, strict=True):
+        assert u["image"].dtype == torch.uint8 and u["mask"].dtype == torch.uint8
+        assert torch.equal(u["image"].float() / 255, f["image"])
+        assert torch.equal(u["mask"].float(), f["mask"])  # masks come as 0/1
+        assert torch.equal(u["text_emb"], f["text_emb"])
+
+
 def test_order_is_a_function_of_seed_and_epoch(embedded, embed_clip):  # noqa: F811
     reader = FaceReader(_config(embed_clip, embedded.root))
     first = _keys(reader, 2)

@@ -148,7 +148,7 @@ def test_swap_batch_from_reader_batch_flips_masks_and_captions(train_data, train
     reader = FaceReader(reader_config(cfg, 0, 1))
     batch = next(iter(reader))
     pairing = draw_pairing(batch, cfg, step_rng(0, 0, 0, 0))
-    images = batch["image"].clone()
+    images = batch["image"].float() / 255  # the reader yields uint8; the swap batch holds [0, 1] floats
     swap = make_swap_batch(batch, cfg, pairing)
     src = torch.tensor(pairing.sources)
     assert torch.equal(swap.target, images.flip(-1))  # flip=1: every image mirrored
@@ -171,7 +171,7 @@ def test_masks_are_used_where_the_dataset_has_them(train_data, mask_data, train_
     batch = next(iter(FaceReader(reader_config(cfg, 0, 1))))  # all 24 samples: 16 without masks, 8 with
     assert int(batch["has_mask"].sum()) == 8
     pairing = draw_pairing(batch, cfg, step_rng(0, 0, 0, 0))
-    masks, images = batch["mask"].clone(), batch["image"].clone()
+    masks, images = batch["mask"].float(), batch["image"].float() / 255  # uint8 from the reader
     swap = make_swap_batch(batch, cfg, pairing)
     assert torch.equal(swap.mask_valid, batch["has_mask"])
     flipped = torch.tensor(pairing.flipped)
