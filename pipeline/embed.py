@@ -19,7 +19,6 @@ import io
 import json
 import os
 import sys
-import tarfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -39,7 +38,7 @@ from tqdm import tqdm
 from pipeline.dataset import DatasetDir, atomic_open, atomic_write_json, clip_tag, sanitize
 from pipeline.distributed import my_shards, resolve_device, resolve_rank
 from pipeline.prompts import PROMPTS
-from pipeline.shards import check_member
+from pipeline.shards import iter_members
 
 FORMAT_VERSION = "1"
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -219,18 +218,13 @@ class TextRecord:
 
 def _members(path: Path, exts: frozenset[str]) -> Iterator[tuple[str, str, bytes]]:
     """(key, ext, bytes) of the wanted members; every member name is checked, wanted or not."""
-    with tarfile.open(path, mode="r:") as tar:
-        for info in tar:
-            check_member(info)
-            key, ext = info.name.split(".", 1)
-            if ext in exts:
-                f = tar.extractfile(info)
-                assert f is not None  # a regular file, checked above
-                yield key, ext, f.read()
+    for name, data in iter_members(path, exts):
+        key, ext = name.split(".", 1)
+        yield key, ext, data
 
 
 def read_texts(path: Path) -> list[TextRecord]:
-    """First pass over a shard: the captions (tarfile seeks past the image bytes)."""
+    """First pass over a shard: the captions (the image bytes are skipped, not read)."""
     out = []
     for key, _, data in _members(path, frozenset({"json"})):
         meta = json.loads(data)

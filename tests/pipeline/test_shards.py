@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from pipeline.dataset import atomic_open
-from pipeline.shards import ShardSample, UnsafeTarMember, iter_shard, write_shard
+from pipeline.shards import ShardSample, UnsafeTarMember, iter_members, iter_shard, write_shard
 
 
 def _samples(n=3):
@@ -64,3 +64,42 @@ def test_symlink_member_refused(tmp_path):
         tar.addfile(info)
     with pytest.raises(UnsafeTarMember):
         list(iter_shard(path))
+
+
+def _tar_bytes(path, members, fmt=tarfile.USTAR_FORMAT, pax=None):
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            if pax:
+                info.pax_headers = pax
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_pax_archives_fall_back_to_tarfile_with_the_same_result(tmp_path):
+    members = [("k0.jpg", b"abc"), ("k0.json", b"{}"), ("k1.jpg", b"x" * 700), ("k1.json", b"[]")]
+    plain, pax = tmp_path / "plain.tar", tmp_path / "pax.tar"
+    _tar_bytes(plain, members)
+    _tar_bytes(pax, members, tarfile.PAX_FORMAT, {"comment": "written by another tool"})
+    assert b"comment=" in pax.read_bytes()  # really has extended headers
+    assert list(iter_members(pax)) == list(iter_members(plain)) == members
+    assert list(iter_members(plain, frozenset({"json"}))) == [members[1], members[3]]
+
+
+def test_corrupt_header_and_truncation_are_errors(tmp_path):
+    good = tmp_path / "g.tar"
+    write_shard(good, _samples(2))
+    data = bytearray(good.read_bytes())
+    data[10] ^= 0xFF  # inside the first member's name: the header checksum no longer matches
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(tarfile.ReadError, match="checksum"):
+        list(iter_shard(bad))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(good.read_bytes()[: 512 + 1])  # a header whose data is missing
+    with pytest.raises(tarfile.ReadError, match="truncated"):
+        list(iter_shard(cut))
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    with pytest.raises(tarfile.ReadError):
+        list(iter_shard(empty))
