@@ -28,7 +28,7 @@ from pipeline.shards import ShardSample, write_shard  # noqa: E402
 SIZE = 448
 
 
-def make_jpeg(side: int, seed: int) -> bytes:
+def make_jpeg(side: int, seed: int, quality: int = 92) -> bytes:
     """A photo-like JPEG: smooth shading, shapes and mild noise, so file size and decode cost are
     close to a real face crop's (pure noise would be far too expensive to decode)."""
     rng = np.random.default_rng(seed)
@@ -44,7 +44,7 @@ def make_jpeg(side: int, seed: int) -> bytes:
     noise = rng.normal(0, 6, (side, side, 3))
     img = Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8), "RGB")
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=92)
+    img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.caption_host import make_jpeg  # noqa: E402
 from pipeline.caption import CaptionConfig  # noqa: E402
 from pipeline.caption import run as caption  # noqa: E402
 from pipeline.embed import EmbedConfig, encode_texts, load_clip, read_texts  # noqa: E402
@@ -100,24 +101,6 @@ def make_caption(rng: np.random.Generator) -> str:
             return text
 
 
-def make_jpeg(seed: int) -> bytes:
-    """A photo-like 512x512 JPEG: shading, shapes and mild noise (decode cost close to a face crop's)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:SIDE, 0:SIDE] / SIDE
-    img = Image.fromarray(np.stack([x * 180 + 40, y * 160 + 50, (1 - x) * 120 + 60], -1).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(img)
-    for _ in range(12):
-        x0, y0 = rng.integers(0, SIDE, 2)
-        r = int(rng.integers(SIDE // 20, SIDE // 4))
-        draw.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-    img = img.filter(ImageFilter.GaussianBlur(SIDE / 200))
-    noise = rng.normal(0, 6, (SIDE, SIDE, 3))
-    img = Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8), "RGB")
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
 class ChosenCaptions:
     """A CaptionEngine answering with prepared captions, in order."""
 
@@ -137,7 +120,7 @@ def build_dataset(root: Path, n: int, shard_size: int) -> list[str]:
     for i in range(n):
         folder = inp / f"id{i % 8:02d}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{i:05d}.jpg").write_bytes(make_jpeg(i))
+        (folder / f"{i:05d}.jpg").write_bytes(make_jpeg(SIDE, i, quality=95))
     cfg = CaptionConfig(
         source="folder", input=inp, output=root / "ds", shard_size=shard_size, engine="transformers", progress=False
     )
