@@ -55,7 +55,7 @@ demo: install ## the whole flow on synthetic data with tiny models, on CPU
 	$(PY) -m pipeline.demo --out $(DEMO)
 
 bench: install ## every benchmark; one JSON line each
-	@for b in bench/*.py; do echo "# $$b" >&2; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "# $$b" >&2; $(PY) $$b || exit 1; done
 
 caption: install ## caption INPUT into OUT: SOURCE= INPUT= OUT= MODEL= ENGINE= PROMPT= GPUS= [NNODES= ARGS=]
 	@test -n "$(INPUT)" -a -n "$(OUT)" || { echo "usage: make caption SOURCE=vggface2-hq INPUT=DIR OUT=DATASET MODEL=... GPUS=8"; exit 2; }
