@@ -23,3 +23,25 @@ def tiny_models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_internvl(tiny_models_dir) -> Path:
     return tiny_models_dir / "internvl3-tiny"
+
+
+# Finished, embedded datasets shared by the card and publish tests (built once; tests that change a
+# dataset work on a copy).
+@pytest.fixture(scope="session")
+def vgg(tmp_path_factory) -> Path:
+    from tests.pipeline.conftest_publish import embed, make_dataset, write_tiny_clip
+
+    root = tmp_path_factory.mktemp("published_vgg")
+    ds = make_dataset(root)
+    embed(ds, write_tiny_clip(root / "clip"))
+    return ds
+
+
+@pytest.fixture(scope="session")
+def celeba(tmp_path_factory) -> Path:
+    from tests.pipeline.conftest_publish import embed, make_dataset, write_tiny_clip
+
+    root = tmp_path_factory.mktemp("published_celeba")
+    ds = make_dataset(root, source="celeba-hq", prompt="structured", per_identity=2)
+    embed(ds, write_tiny_clip(root / "clip"), attributes=True)
+    return ds

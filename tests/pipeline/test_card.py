@@ -22,11 +22,9 @@ from tests.pipeline.conftest_publish import (
     CLIP_TAG,
     MODEL,
     copy_dataset,
-    embed,
     make_dataset,
     shard_metadata,
     stats_files,
-    write_tiny_clip,
 )
 
 SECTIONS = [
@@ -39,22 +37,6 @@ SECTIONS = [
     "## Licences and terms",
     "## Citation",
 ]
-
-
-@pytest.fixture(scope="module")
-def vgg(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("card_vgg")
-    ds = make_dataset(root)
-    embed(ds, write_tiny_clip(root / "clip"))
-    return ds
-
-
-@pytest.fixture(scope="module")
-def celeba(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("card_celeba")
-    ds = make_dataset(root, source="celeba-hq", prompt="structured", per_identity=2)
-    embed(ds, write_tiny_clip(root / "clip"), attributes=True)
-    return ds
 
 
 def _row(text: str, *cells: str) -> bool:

@@ -26,31 +26,13 @@ from pipeline.shards import iter_shard, write_shard
 from tests.pipeline.conftest_publish import (
     CLIP_TAG,
     copy_dataset,
-    embed,
     make_dataset,
     shard_metadata,
     stats_files,
-    write_tiny_clip,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_TOKEN = "hf_publishTestTokenThatMustNeverBePrinted"
-
-
-@pytest.fixture(scope="module")
-def vgg(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pub_vgg")
-    ds = make_dataset(root)
-    embed(ds, write_tiny_clip(root / "clip"))
-    return ds
-
-
-@pytest.fixture(scope="module")
-def celeba(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pub_celeba")
-    ds = make_dataset(root, source="celeba-hq", prompt="structured", per_identity=2)
-    embed(ds, write_tiny_clip(root / "clip"), attributes=True)
-    return ds
 
 
 def _publish(dataset: Path, stage: Path, *extra: str) -> dict:
