@@ -31,6 +31,7 @@ from pipeline.dataset import (
     atomic_write_json,
     atomic_write_jsonl,
     dumps_json,
+    remove_temporaries_of,
     sanitize,
 )
 from pipeline.distributed import my_shards, resolve_device, resolve_rank
@@ -167,13 +168,13 @@ def load_step(records: list[SourceRecord], cfg: CaptionConfig, want_mask: bool) 
     """Decode batch k+1 on worker threads while the engine captions batch k."""
     batches = [records[i : i + cfg.batch_size] for i in range(0, len(records), cfg.batch_size)]
     with ThreadPoolExecutor(cfg.workers) as pool:
-        pending: list[Future[Sample]] = []
-        for batch in batches[:1]:
-            pending = [pool.submit(_load_one, r, cfg, want_mask) for r in batch]
+
+        def submit(batch: list[SourceRecord]) -> list[Future[Sample]]:
+            return [pool.submit(_load_one, r, cfg, want_mask) for r in batch]
+
+        pending = submit(batches[0]) if batches else []
         for k in range(len(batches)):
-            current = pending
-            if k + 1 < len(batches):
-                pending = [pool.submit(_load_one, r, cfg, want_mask) for r in batches[k + 1]]
+            current, pending = pending, submit(batches[k + 1]) if k + 1 < len(batches) else []
             yield [f.result() for f in current]
 
 
@@ -314,14 +315,6 @@ def process_shard(
     return stats
 
 
-def _remove_own_temporaries(ds: DatasetDir, plan: dict[str, Any], index: int) -> None:
-    """Only the owner of shard `index` may delete its leftovers: other ranks are writing theirs."""
-    targets = [ds.shard_path(plan["name"], index), ds.errors_path(index), ds.stats_path(index)]
-    for target in targets:
-        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
 def build_engine(cfg: CaptionConfig) -> CaptionEngine:
     if cfg.engine == "vllm":
         from pipeline.engines.vllm_engine import VLLMEngine
@@ -388,7 +381,8 @@ def run(cfg: CaptionConfig, engine: CaptionEngine | None = None) -> dict[str, An
     )
     try:
         for index in todo:
-            _remove_own_temporaries(ds, plan, index)
+            # only this shard's owner may delete its leftovers: other ranks are writing theirs
+            remove_temporaries_of(ds.shard_path(plan["name"], index), ds.errors_path(index), ds.stats_path(index))
             stats = process_shard(index, ds, plan, cfg, engine, bar)
             summary["done_now"] += 1
             summary["ok"] += stats["ok"]

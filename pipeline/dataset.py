@@ -106,16 +106,14 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> N
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temporaries left by killed writers (`.<name>.*.tmp`). Returns how many."""
-    if not folder.is_dir():
-        return 0
-    n = 0
-    for p in folder.glob(".*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            n += 1
-    return n
+def remove_temporaries_of(*targets: Path) -> None:
+    """Delete what killed writers left of these files (`atomic_open`'s `.<name>.*.tmp`).
+
+    Only the process that owns the targets may call this: another rank may be writing its own.
+    """
+    for target in targets:
+        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- layout
@@ -174,13 +172,6 @@ class DatasetDir:
     def load_stats(self, index: int) -> dict[str, Any]:
         with open(self.stats_path(index), encoding="utf-8") as f:
             return json.load(f)
-
-    def done_shards(self, plan: dict[str, Any]) -> list[int]:
-        return [i for i in range(plan["num_shards"]) if self.is_done(i)]
-
-
-def shard_tar_path(ds: DatasetDir, plan: dict[str, Any], index: int) -> Path:
-    return ds.shard_path(plan["name"], index)
 
 
 def clip_tag(model: str, pretrained: str) -> str:

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.dataset import DatasetDir, atomic_open, atomic_write_json, clip_tag, sanitize
+from pipeline.dataset import DatasetDir, atomic_open, atomic_write_json, clip_tag, remove_temporaries_of, sanitize
 from pipeline.distributed import my_shards, resolve_device, resolve_rank
 from pipeline.prompts import PROMPTS
 from pipeline.shards import iter_members
@@ -507,13 +507,6 @@ def done_reason(ds: DatasetDir, cfg: EmbedConfig, index: int, attrs: list[str]) 
     return None
 
 
-def _remove_own_temporaries(ds: DatasetDir, tag: str, index: int) -> None:
-    """Leftovers of a killed writer; only this shard's owner may delete them."""
-    for target in (ds.embeddings_path(tag, index), embed_stats_path(ds, tag, index)):
-        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
 def run(cfg: EmbedConfig, clip: Clip | None = None) -> dict[str, Any]:
     """Embed this rank's captioned shards. Returns a summary of what this process did."""
     rank, world_size = resolve_rank(cfg.rank, cfg.world_size)
@@ -574,7 +567,7 @@ def run(cfg: EmbedConfig, clip: Clip | None = None) -> dict[str, Any]:
     try:
         with ThreadPoolExecutor(cfg.workers, thread_name_prefix="decode") as pool:
             for index in todo:
-                _remove_own_temporaries(ds, cfg.tag, index)
+                remove_temporaries_of(ds.embeddings_path(cfg.tag, index), embed_stats_path(ds, cfg.tag, index))
                 stats = process_shard(index, ds, plan, cfg, clip, pool, bar)
                 summary["done_now"] += 1
                 summary["rows"] += stats["rows"]
