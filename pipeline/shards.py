@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.dataset import atomic_open
 
 # A member is `<key>.<ext>` where the key holds no dots (DESIGN §3) and the extension is a short
@@ -77,8 +79,30 @@ _REGULAR = (b"0", b"\0")
 _EXTENDED = (b"x", b"g", b"L", b"K")  # PAX and GNU long-name headers: left to tarfile
 
 
+_ZEROS = bytes(_BLOCK)
+
+
 def _field(header: bytes, start: int, end: int) -> bytes:
     return header[start:end].split(b"\0", 1)[0]
+
+
+def _checksum_ok(header: bytes) -> bool:
+    try:
+        stored = int(_field(header, 148, 156).strip() or b"0", 8)
+    except ValueError:
+        return False
+    return sum(header[:148]) + 8 * 32 + sum(header[156:]) == stored  # the checksum field counts as spaces
+
+
+def _check_checksums(buf: bytes | mmap.mmap, positions: list[int], stored: list[int]) -> None:
+    """Every header's checksum at once (summing in numpy, not per header in Python)."""
+    if not positions:
+        return
+    blocks = np.frombuffer(buf, dtype=np.uint8)[np.asarray(positions)[:, None] + np.arange(_BLOCK)]  # (N, 512)
+    sums = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
+    bad = np.flatnonzero(sums != np.asarray(stored, dtype=np.int64))
+    if bad.size:
+        raise tarfile.ReadError(f"bad tar header checksum at byte {positions[bad[0]]}")
 
 
 def _scan(buf: bytes | mmap.mmap) -> list[tuple[str, int, int]] | None:
@@ -87,41 +111,51 @@ def _scan(buf: bytes | mmap.mmap) -> list[tuple[str, int, int]] | None:
     Our own shards are plain ustar, and parsing the 512-byte headers directly is several times
     cheaper than `tarfile` per member, which matters in the training reader. Returns None for
     anything this parser does not handle (extended headers, base-256 sizes), and the caller falls
-    back to `tarfile`.
+    back to `tarfile`. Header checksums are verified all at once at the end, or first for a header
+    that fails to parse (so a damaged header is reported as damaged, not as an odd name).
     """
     out: list[tuple[str, int, int]] = []
+    positions: list[int] = []
+    stored: list[int] = []
     pos, end = 0, len(buf)
     while pos + _BLOCK <= end:
         header = buf[pos : pos + _BLOCK]
-        if not header.strip(b"\0"):  # end-of-archive marker
+        if header == _ZEROS:  # end-of-archive marker
             break
-        if header[124] & 0x80:
-            return None
         try:
-            checksum = int(_field(header, 148, 156).strip() or b"0", 8)
-            size = int(_field(header, 124, 136).strip() or b"0", 8)
-        except ValueError:
-            raise tarfile.ReadError(f"corrupt tar header at byte {pos}") from None
-        if sum(header[:148]) + 8 * 32 + sum(header[156:]) != checksum:  # checksum field counted as spaces
-            raise tarfile.ReadError(f"bad tar header checksum at byte {pos}")
-        kind = header[156:157]
-        if kind in _EXTENDED:
-            return None
-        name = _field(header, 0, 100).decode("utf-8", "replace")
-        prefix = _field(header, 345, 500)
-        if prefix:
-            name = f"{prefix.decode('utf-8', 'replace')}/{name}"
-        if kind not in _REGULAR:
-            raise UnsafeTarMember(f"tar member {name!r} is not a regular file")
-        check_member_name(name)
-        following = pos + _BLOCK + -(-size // _BLOCK) * _BLOCK  # data is padded to whole blocks
-        if following > end:
-            raise tarfile.ReadError(f"tar member {name!r} is truncated")
-        out.append((name, pos + _BLOCK, size))
-        pos = following
+            if header[124] & 0x80 or header[156:157] in _EXTENDED:
+                return None
+            out.append(_member(header, pos, end))
+            stored.append(int(_field(header, 148, 156).strip() or b"0", 8))
+        except (ValueError, tarfile.ReadError):  # UnsafeTarMember is a ValueError
+            if not _checksum_ok(header):
+                raise tarfile.ReadError(f"bad tar header checksum at byte {pos}") from None
+            raise
+        positions.append(pos)
+        _, offset, size = out[-1]
+        pos = offset + -(-size // _BLOCK) * _BLOCK
+    _check_checksums(buf, positions, stored)
     if pos < end and end - pos < _BLOCK and buf[pos:end].strip(b"\0"):
         raise tarfile.ReadError(f"truncated tar header at byte {pos}")
     return out
+
+
+def _member(header: bytes, pos: int, end: int) -> tuple[str, int, int]:
+    """One plain ustar header's (name, data offset, size), its name, type and extent checked."""
+    try:
+        size = int(_field(header, 124, 136).strip() or b"0", 8)
+    except ValueError:
+        raise tarfile.ReadError(f"corrupt tar header at byte {pos}") from None
+    name = _field(header, 0, 100).decode("utf-8", "replace")
+    prefix = _field(header, 345, 500)
+    if prefix:
+        name = f"{prefix.decode('utf-8', 'replace')}/{name}"
+    if header[156:157] not in _REGULAR:
+        raise UnsafeTarMember(f"tar member {name!r} is not a regular file")
+    check_member_name(name)
+    if pos + _BLOCK + -(-size // _BLOCK) * _BLOCK > end:  # data is padded to whole blocks
+        raise tarfile.ReadError(f"tar member {name!r} is truncated")
+    return name, pos + _BLOCK, size
 
 
 def _iter_members_tarfile(path: Path) -> Iterator[tuple[str, bytes]]:

@@ -179,8 +179,8 @@ def _flip_(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 reader images to float in [0, 1]; float images pass through."""
-    return images.float().div_(255) if images.dtype == torch.uint8 else images
+    """uint8 reader images (channels-last memory) to contiguous float in [0, 1]; float images pass through."""
+    return images.contiguous().float().div_(255) if images.dtype == torch.uint8 else images.contiguous()
 
 
 def make_swap_batch(

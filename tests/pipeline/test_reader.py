@@ -104,6 +104,27 @@ def test_uint8_images_equal_float_images_times_255(embedded, embed_clip):  # noq
         assert torch.equal(u["text_emb"], f["text_emb"])
 
 
+def test_single_samples_equal_batch_rows_and_mixed_masks_batch(embedded, embed_clip, tmp_path):  # noqa: F811
+    # a dataset with masks and one without, read together: batches mix them, and a row without a mask gets zeros
+    other = make_dataset(tmp_path / "other", _captions("b", (3,)), name="celeba-hq")
+    _embed(other, embed_clip)
+    roots = (embedded.root, other.root)
+    samples = list(FaceReader(_config(embed_clip, *roots, shuffle=False, image_dtype="uint8")))
+    batches = list(FaceReader(_config(embed_clip, *roots, shuffle=False, image_dtype="uint8", batch_size=4)))
+    rows = [(b, i) for b in batches for i in range(len(b["key"]))]
+    assert [s["key"] for s in samples] == [b["key"][i] for b, i in rows]
+    assert any(b["has_mask"].any() and not b["has_mask"].all() for b in batches)
+    for s, (b, i) in zip(samples, rows, strict=True):
+        assert s["image"].shape == (3, 32, 32) and torch.equal(s["image"], b["image"][i])
+        assert torch.equal(s["mask"], b["mask"][i]) and s["has_mask"] is bool(b["has_mask"][i])
+        assert torch.equal(s["text_emb"], b["text_emb"][i]) and s["text_truncated"] is bool(b["text_truncated"][i])
+        if not s["has_mask"]:
+            assert not s["mask"].any()
+    # channels-last memory: a (B, H, W, C) buffer viewed as (B, C, H, W); .contiguous() gives the same values
+    image = batches[0]["image"]
+    assert image.permute(0, 2, 3, 1).is_contiguous() and torch.equal(image.contiguous(), image)
+
+
 def test_order_is_a_function_of_seed_and_epoch(embedded, embed_clip):  # noqa: F811
     reader = FaceReader(_config(embed_clip, embedded.root))
     first = _keys(reader, 2)

@@ -95,6 +95,14 @@ def test_corrupt_header_and_truncation_are_errors(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(tarfile.ReadError, match="checksum"):
         list(iter_shard(bad))
+    # a later header changed to another valid name: only its checksum tells
+    data = bytearray(good.read_bytes())
+    second = 512 + -(-int(data[124:135], 8) // 512) * 512  # the second member's header
+    name = bytes(data[second : second + 100]).split(b"\0")[0]
+    data[second] = ord("z") if name[:1] != b"z" else ord("y")
+    bad.write_bytes(bytes(data))
+    with pytest.raises(tarfile.ReadError, match=f"checksum at byte {second}"):
+        list(iter_shard(bad))
     cut = tmp_path / "cut.tar"
     cut.write_bytes(good.read_bytes()[: 512 + 1])  # a header whose data is missing
     with pytest.raises(tarfile.ReadError, match="truncated"):
