@@ -118,15 +118,52 @@ class Clip:
         return len(hf(clean(text))["input_ids"])
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """(N,) texts -> (N, D) float32, L2-normalised, on the CPU."""
+        """(N,) texts -> (N, D) float32, L2-normalised, on the CPU.
+
+        Where it changes nothing, the batch runs at its longest text's token length instead of the
+        full padded context (see `_trimmable`): the cost scales with it, and short texts (attribute
+        phrases) cost a fraction.
+        """
         with torch.inference_mode():
             tokens = self.tokenizer(texts).to(self.device)  # (N, context_length)
-            return _normalise(self.model.encode_text(tokens))
+            if not _trimmable(self.model, self.tokenizer):
+                return _normalise(self.model.encode_text(tokens))
+            length = int((tokens != 0).sum(dim=1).max())  # the longest text, start and end tokens included
+            return _normalise(_encode_trimmed(self.model, tokens[:, :length]))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) preprocessed -> (N, D) float32, L2-normalised, on the CPU."""
         with torch.inference_mode():
             return _normalise(self.model.encode_image(pixels.to(self.device, self.input_dtype)))
+
+
+def _trimmable(model: torch.nn.Module, tokenizer: Any) -> bool:
+    """Whether padding positions can be dropped without changing any embedding: open_clip's CLIP text
+    tower with a causal mask (no position sees a later one, so none sees the padding) that pools
+    at the end-of-text or first token (never at the last, padded position), and a tokenizer that pads
+    with 0 after the text."""
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return (
+        type(model) is CLIP  # subclasses may pool or mask differently
+        and isinstance(tokenizer, SimpleTokenizer)
+        and isinstance(getattr(model, "attn_mask", None), torch.Tensor)
+        and isinstance(getattr(model, "positional_embedding", None), torch.Tensor)
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos", "first")
+    )
+
+
+def _encode_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's own text forward on (N, L) tokens, L <= context: the model's positional embedding
+    and causal mask are given for the first L positions only (a functional call: the model itself is
+    not changed)."""
+    n = tokens.shape[1]
+    state = {"positional_embedding": model.positional_embedding[:n]}
+    if model.attn_mask is not None:
+        state["attn_mask"] = model.attn_mask[:n, :n]
+    out = torch.func.functional_call(model, state, (None, tokens), strict=False)  # CLIP.forward(image, text)
+    return out["text_features"] if isinstance(out, dict) else out[1]  # (N, D), L2-normalised
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -293,15 +330,19 @@ class TextTable:
 
 
 def encode_texts(clip: Clip, texts: Iterable[str], batch_size: int) -> TextTable:
-    """Deduplicate, then encode in batches of `batch_size`."""
+    """Deduplicate, then encode in batches of `batch_size`, grouped by token count so that each
+    batch runs at about its own texts' length (Clip.encode_text drops the common padding)."""
     row: dict[str, int] = {}
     for t in texts:
         row.setdefault(t, len(row))
     unique = list(row)
+    counts = [clip.token_count(t) for t in unique]
+    by_length = sorted(range(len(unique)), key=counts.__getitem__)
     emb = np.zeros((len(unique), clip.embed_dim), dtype=np.float32)  # (U, D)
     for i in range(0, len(unique), batch_size):
-        emb[i : i + batch_size] = clip.encode_text(unique[i : i + batch_size]).numpy()
-    return TextTable(row, emb, [clip.token_count(t) for t in unique], clip.context_length)
+        rows = by_length[i : i + batch_size]
+        emb[rows] = clip.encode_text([unique[j] for j in rows]).numpy()
+    return TextTable(row, emb, counts, clip.context_length)
 
 
 # ---------------------------------------------------------------- the Parquet file

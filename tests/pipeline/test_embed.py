@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 
 from pipeline.dataset import DatasetDir, atomic_write_json, clip_tag
-from pipeline.embed import EmbedConfig, load_clip, main, run
+from pipeline.embed import EmbedConfig, _encode_trimmed, _trimmable, load_clip, main, run
 from pipeline.prompts import ATTRIBUTES
 from pipeline.shards import iter_shard
-from tests.pipeline.conftest_embed import LONG_CAPTION, embed_clip, make_dataset  # noqa: F401
+from tests.pipeline.conftest_embed import LONG_CAPTION, TINY_CLIP, embed_clip, make_dataset  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = clip_tag("embed-test-clip.json", "embed-test-clip.pt")
@@ -104,6 +104,29 @@ def test_equals_open_clip_text_and_image(reference, embed_clip):  # noqa: F811
     assert meta["clip_model"] == "embed-test-clip"
     assert meta["clip_pretrained"] == str(ckpt)
     assert meta["clip_tag"] == TAG == "embed-test-clip__embed-test-clip"
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_texts_run_at_their_own_length_only_where_that_changes_nothing(tmp_path, causal):
+    # A causal, end-of-text-pooled text tower (CLIP's) runs each batch at its longest text's length;
+    # a bidirectional one pooled at the last position must see the full padded context, and does.
+    cfg = json.loads(json.dumps(TINY_CLIP))
+    if not causal:
+        cfg["text_cfg"].update(no_causal_mask=True, pool_type="last")
+    name = f"trim-test-clip-{causal}"
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    clip = load_clip(str(tmp_path / f"{name}.json"), "none")
+    texts = ["", "The person looks left.", LONG_CAPTION, "Soft light from the right, a plain grey wall behind."]
+    tokens = clip.tokenizer(texts)
+    with torch.inference_mode():
+        full = clip.model.encode_text(tokens, normalize=True)
+        trimmed = _encode_trimmed(clip.model, tokens[:, :20])[:2]  # the two short texts, at 20 positions
+    assert _trimmable(clip.model, clip.tokenizer) is causal
+    torch.testing.assert_close(clip.encode_text(texts), full, atol=1e-5, rtol=0)
+    if causal:
+        torch.testing.assert_close(trimmed, full[:2], atol=1e-5, rtol=0)
+    else:  # what the guard prevents: dropping padding would change this model's embeddings
+        assert (trimmed - full[:2]).abs().max() > 1e-3
 
 
 def test_stats_count_dedup_truncation_and_empty(reference):
