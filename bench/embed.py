@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             unique = sorted(dict.fromkeys(part), key=clip.token_count)
             for i in range(0, len(unique), batch):
                 tok = clip.tokenizer(unique[i : i + batch]).to(dev)
-                trimmed.append(tok[:, : int((tok != 0).sum(1).max())])
+                trimmed.append(tok[:, : int(tok.argmax(dim=1).max()) + 1])  # through the last end-of-text token
 
         def pure_text() -> None:
             with torch.inference_mode():

@@ -128,7 +128,9 @@ class Clip:
             tokens = self.tokenizer(texts).to(self.device)  # (N, context_length)
             if not _trimmable(self.model, self.tokenizer):
                 return _normalise(self.model.encode_text(tokens))
-            length = int((tokens != 0).sum(dim=1).max())  # the longest text, start and end tokens included
+            # through the last end-of-text token (the largest id: where open_clip pools); not a count of
+            # non-zero ids, as 0 is also a real token ("!")
+            length = int(tokens.argmax(dim=1).max()) + 1
             return _normalise(_encode_trimmed(self.model, tokens[:, :length]))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -140,8 +142,8 @@ class Clip:
 def _trimmable(model: torch.nn.Module, tokenizer: Any) -> bool:
     """Whether padding positions can be dropped without changing any embedding: open_clip's CLIP text
     tower with a causal mask (no position sees a later one, so none sees the padding) that pools
-    at the end-of-text or first token (never at the last, padded position), and a tokenizer that pads
-    with 0 after the text."""
+    at the end-of-text or first token (never at the last, padded position), and open_clip's own
+    tokenizer, whose end-of-text id is the largest (so argmax finds it)."""
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer
 

@@ -116,13 +116,15 @@ def test_texts_run_at_their_own_length_only_where_that_changes_nothing(tmp_path,
     name = f"trim-test-clip-{causal}"
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
     clip = load_clip(str(tmp_path / f"{name}.json"), "none")
-    texts = ["", "The person looks left.", LONG_CAPTION, "Soft light from the right, a plain grey wall behind."]
+    # "!?!!" holds token id 0 (which is also the padding id): the batch length must not count ids
+    texts = ["", "The person looks left.", LONG_CAPTION, "Soft light from the right, a plain grey wall behind!?!!"]
     tokens = clip.tokenizer(texts)
     with torch.inference_mode():
         full = clip.model.encode_text(tokens, normalize=True)
         trimmed = _encode_trimmed(clip.model, tokens[:, :20])[:2]  # the two short texts, at 20 positions
     assert _trimmable(clip.model, clip.tokenizer) is causal
     torch.testing.assert_close(clip.encode_text(texts), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(clip.encode_text(texts[3:]), full[3:], atol=1e-5, rtol=0)  # alone: the longest
     if causal:
         torch.testing.assert_close(trimmed, full[:2], atol=1e-5, rtol=0)
     else:  # what the guard prevents: dropping padding would change this model's embeddings
