@@ -120,9 +120,10 @@ class Clip:
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """(N,) texts -> (N, D) float32, L2-normalised, on the CPU.
 
-        Where it changes nothing, the batch runs at its longest text's token length instead of the
-        full padded context (see `_trimmable`): the cost scales with it, and short texts (attribute
-        phrases) cost a fraction.
+        Where no position can see the padding (see `_trimmable`), the batch runs at its longest
+        text's token length instead of the full padded context: the cost scales with it, and short
+        texts (attribute phrases) cost a fraction. In float32 the result equals the full context's
+        up to float rounding; in fp16/bf16, within that precision's rounding.
         """
         with torch.inference_mode():
             tokens = self.tokenizer(texts).to(self.device)  # (N, context_length)
@@ -156,16 +157,27 @@ def _trimmable(model: torch.nn.Module, tokenizer: Any) -> bool:
     )
 
 
+class _TextForward(torch.nn.Module):
+    """`clip.encode_text` as a module's forward, so that functional_call can run it (unnormalised: the
+    caller normalises in float32, as for untrimmed batches)."""
+
+    def __init__(self, clip: torch.nn.Module):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(tokens)
+
+
 def _encode_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's own text forward on (N, L) tokens, L <= context: the model's positional embedding
+    """open_clip's own `encode_text` on (N, L) tokens, L <= context: the model's positional embedding
     and causal mask are given for the first L positions only (a functional call: the model itself is
-    not changed)."""
+    not changed). Returns (N, D) unnormalised, in the model's dtype."""
     n = tokens.shape[1]
-    state = {"positional_embedding": model.positional_embedding[:n]}
+    state = {"clip.positional_embedding": model.positional_embedding[:n]}
     if model.attn_mask is not None:
-        state["attn_mask"] = model.attn_mask[:n, :n]
-    out = torch.func.functional_call(model, state, (None, tokens), strict=False)  # CLIP.forward(image, text)
-    return out["text_features"] if isinstance(out, dict) else out[1]  # (N, D), L2-normalised
+        state["clip.attn_mask"] = model.attn_mask[:n, :n]
+    return torch.func.functional_call(_TextForward(model), state, (tokens,), strict=False)
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:

@@ -242,11 +242,11 @@ def _image(data: bytes, size: int | None) -> Image.Image:
     return img
 
 
-def _mask(data: bytes, size: int | None) -> Image.Image:
+def _mask(data: bytes, size: tuple[int, int]) -> Image.Image:
+    """The mask at the image's (W, H): nearest, so it stays 0/255 (a stored mask can be smaller than its
+    image: CelebAMask-HQ's are 512 px for 1024 px images)."""
     img = Image.open(io.BytesIO(data)).convert("L")
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.NEAREST)
-    return img
+    return img if img.size == size else img.resize(size, Image.NEAREST)
 
 
 def _pixels(img: Image.Image) -> np.ndarray:
@@ -268,7 +268,8 @@ def _open(sample: JoinedSample, size: int | None) -> tuple[dict[str, Any], Image
         "identity": meta.get("identity") or "",  # "" where the source has no identities
         "caption": meta.get("caption") or "",
     }
-    return fields, _image(sample.members[ext], size), _mask(mask_bytes, size) if mask_bytes is not None else None
+    img = _image(sample.members[ext], size)
+    return fields, img, _mask(mask_bytes, img.size) if mask_bytes is not None else None
 
 
 class _PixelBatch:

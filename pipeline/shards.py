@@ -98,11 +98,20 @@ def _check_checksums(buf: bytes | mmap.mmap, positions: list[int], stored: list[
     """Every header's checksum at once (summing in numpy, not per header in Python)."""
     if not positions:
         return
-    blocks = np.frombuffer(buf, dtype=np.uint8)[np.asarray(positions)[:, None] + np.arange(_BLOCK)]  # (N, 512)
+    # copied out (512 bytes each), so no array keeps a pointer into an mmap that is about to close
+    headers = b"".join([buf[p : p + _BLOCK] for p in positions])
+    blocks = np.frombuffer(headers, dtype=np.uint8).reshape(-1, _BLOCK)  # (N, 512)
     sums = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
     bad = np.flatnonzero(sums != np.asarray(stored, dtype=np.int64))
     if bad.size:
         raise tarfile.ReadError(f"bad tar header checksum at byte {positions[bad[0]]}")
+
+
+def _verify_so_far(buf: bytes | mmap.mmap, positions: list[int], stored: list[int], pos: int, header: bytes) -> None:
+    """Before the scan gives up at `pos`: the earliest damaged header so far, if any, is the error."""
+    _check_checksums(buf, positions, stored)
+    if not _checksum_ok(header):
+        raise tarfile.ReadError(f"bad tar header checksum at byte {pos}")
 
 
 def _scan(buf: bytes | mmap.mmap) -> list[tuple[str, int, int]] | None:
@@ -111,8 +120,9 @@ def _scan(buf: bytes | mmap.mmap) -> list[tuple[str, int, int]] | None:
     Our own shards are plain ustar, and parsing the 512-byte headers directly is several times
     cheaper than `tarfile` per member, which matters in the training reader. Returns None for
     anything this parser does not handle (extended headers, base-256 sizes), and the caller falls
-    back to `tarfile`. Header checksums are verified all at once at the end, or first for a header
-    that fails to parse (so a damaged header is reported as damaged, not as an odd name).
+    back to `tarfile`. Header checksums are verified all at once at the end, or, where the scan stops
+    early (a header it cannot parse or leaves to tarfile), for every header up to there first: a
+    damaged header is reported as damaged, at its own position, and never silently ends the read.
     """
     out: list[tuple[str, int, int]] = []
     positions: list[int] = []
@@ -122,14 +132,14 @@ def _scan(buf: bytes | mmap.mmap) -> list[tuple[str, int, int]] | None:
         header = buf[pos : pos + _BLOCK]
         if header == _ZEROS:  # end-of-archive marker
             break
+        if header[124] & 0x80 or header[156:157] in _EXTENDED:
+            _verify_so_far(buf, positions, stored, pos, header)  # tarfile stops quietly at a damaged header
+            return None
         try:
-            if header[124] & 0x80 or header[156:157] in _EXTENDED:
-                return None
             out.append(_member(header, pos, end))
             stored.append(int(_field(header, 148, 156).strip() or b"0", 8))
         except (ValueError, tarfile.ReadError):  # UnsafeTarMember is a ValueError
-            if not _checksum_ok(header):
-                raise tarfile.ReadError(f"bad tar header checksum at byte {pos}") from None
+            _verify_so_far(buf, positions, stored, pos, header)  # a bad size sends the scan into data blocks
             raise
         positions.append(pos)
         _, offset, size = out[-1]

@@ -89,8 +89,10 @@ def make_dataset(
     masks: bool = False,
     uncaptioned: tuple[int, ...] = (),
     image_size: int = 80,
+    mask_size: int | None = None,
 ) -> DatasetDir:
-    """One shard per inner list of captions. Shards in `uncaptioned` are planned but not written."""
+    """One shard per inner list of captions. Shards in `uncaptioned` are planned but not written.
+    Masks are `mask_size` px (default: the image's; CelebAMask-HQ's are half their images' size)."""
     ds = DatasetDir(root)
     root.mkdir(parents=True, exist_ok=True)
     rows, n = [], 0
@@ -119,7 +121,7 @@ def make_dataset(
             }
             members = {"jpg": jpeg(n, image_size), "json": dumps_json(meta).encode(), "txt": text.encode()}
             if masks:
-                members["mask.png"] = mask_png(n, image_size)
+                members["mask.png"] = mask_png(n, mask_size or image_size)
             samples.append(ShardSample(key, members))
             shard_rows.append([key, identity, meta["source_path"], None])
             n += 1

@@ -125,6 +125,21 @@ def test_single_samples_equal_batch_rows_and_mixed_masks_batch(embedded, embed_c
     assert image.permute(0, 2, 3, 1).is_contiguous() and torch.equal(image.contiguous(), image)
 
 
+def test_masks_smaller_than_their_images_follow_the_image_size(tmp_path, embed_clip):  # noqa: F811
+    # CelebAMask-HQ stores 512 px masks for 1024 px images: at the stored size (image_size=None) the
+    # mask is resized (nearest) to its image, so images and masks still batch
+    ds = make_dataset(tmp_path / "ds", _captions("m", (3,)), masks=True, image_size=64, mask_size=32)
+    _embed(ds, embed_clip)
+    members = {s.key: s.members for s in iter_shard(ds.shard_path("vggface2-hq", 0))}
+    for dtype in ("uint8", "float32"):
+        (batch,) = list(FaceReader(_config(embed_clip, ds.root, image_size=None, batch_size=3, image_dtype=dtype)))
+        assert batch["image"].shape == (3, 3, 64, 64) and batch["mask"].shape == (3, 1, 64, 64)
+        for b, key in enumerate(batch["key"]):
+            stored = Image.open(io.BytesIO(members[key]["mask.png"]))
+            want = torch.from_numpy(np.asarray(stored.resize((64, 64), Image.NEAREST)) > 127)
+            assert torch.equal(batch["mask"][b, 0] > 0.5, want)
+
+
 def test_order_is_a_function_of_seed_and_epoch(embedded, embed_clip):  # noqa: F811
     reader = FaceReader(_config(embed_clip, embedded.root))
     first = _keys(reader, 2)

@@ -103,6 +103,14 @@ def test_corrupt_header_and_truncation_are_errors(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(tarfile.ReadError, match=f"checksum at byte {second}"):
         list(iter_shard(bad))
+    # a later header's size shrunk (the scan then lands inside data), or its type made an extended
+    # header (left to tarfile, which would stop there quietly): both are the damaged header, never fewer members
+    for offset, value in ((124 + 9, ord("0")), (156, ord("x"))):
+        data = bytearray(good.read_bytes())
+        data[second + offset] = value if data[second + offset] != value else ord("1")
+        bad.write_bytes(bytes(data))
+        with pytest.raises(tarfile.ReadError, match=f"checksum at byte {second}"):
+            list(iter_shard(bad))
     cut = tmp_path / "cut.tar"
     cut.write_bytes(good.read_bytes()[: 512 + 1])  # a header whose data is missing
     with pytest.raises(tarfile.ReadError, match="truncated"):
