@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.caption_host import make_jpeg  # noqa: E402
 from pipeline.caption import CaptionConfig  # noqa: E402
 from pipeline.caption import run as caption  # noqa: E402
-from pipeline.embed import EmbedConfig, _encode_trimmed, encode_texts, load_clip, read_texts  # noqa: E402
+from pipeline.embed import EmbedConfig, _encode_trimmed, encode_texts, load_clip, read_texts, trim_padding  # noqa: E402
 from pipeline.embed import run as embed  # noqa: E402
 from pipeline.engines.base import EngineInfo, Generation, Prompt  # noqa: E402
 from pipeline.shards import iter_shard  # noqa: E402
@@ -210,8 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         for part in per_shard:
             unique = sorted(dict.fromkeys(part), key=clip.token_count)
             for i in range(0, len(unique), batch):
-                tok = clip.tokenizer(unique[i : i + batch]).to(dev)
-                trimmed.append(tok[:, : int(tok.argmax(dim=1).max()) + 1])  # through the last end-of-text token
+                trimmed.append(trim_padding(clip.tokenizer(unique[i : i + batch]).to(dev)))
 
         def pure_text() -> None:
             with torch.inference_mode():

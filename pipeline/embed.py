@@ -129,10 +129,7 @@ class Clip:
             tokens = self.tokenizer(texts).to(self.device)  # (N, context_length)
             if not _trimmable(self.model, self.tokenizer):
                 return _normalise(self.model.encode_text(tokens))
-            # through the last end-of-text token (the largest id: where open_clip pools); not a count of
-            # non-zero ids, as 0 is also a real token ("!")
-            length = int(tokens.argmax(dim=1).max()) + 1
-            return _normalise(_encode_trimmed(self.model, tokens[:, :length]))
+            return _normalise(_encode_trimmed(self.model, trim_padding(tokens)))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) preprocessed -> (N, D) float32, L2-normalised, on the CPU."""
@@ -155,6 +152,12 @@ def _trimmable(model: torch.nn.Module, tokenizer: Any) -> bool:
         and isinstance(getattr(model, "positional_embedding", None), torch.Tensor)
         and getattr(model, "text_pool_type", None) in ("argmax", "eos", "first")
     )
+
+
+def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, context) open_clip tokens -> (N, L): through the batch's last end-of-text token (the largest
+    id: where open_clip pools). Not a count of non-zero ids, as 0 is also a real token ("!")."""
+    return tokens[:, : int(tokens.argmax(dim=1).max()) + 1]
 
 
 class _TextForward(torch.nn.Module):

@@ -86,16 +86,17 @@ def _field(header: bytes, start: int, end: int) -> bytes:
     return header[start:end].split(b"\0", 1)[0]
 
 
-def _checksum_ok(header: bytes) -> bool:
+def _stored_checksum(header: bytes) -> int:
+    """The checksum a header records; -1 (never a sum) where the field is not octal."""
     try:
-        stored = int(_field(header, 148, 156).strip() or b"0", 8)
+        return int(_field(header, 148, 156).strip() or b"0", 8)
     except ValueError:
-        return False
-    return sum(header[:148]) + 8 * 32 + sum(header[156:]) == stored  # the checksum field counts as spaces
+        return -1
 
 
 def _check_checksums(buf: bytes | mmap.mmap, positions: list[int], stored: list[int]) -> None:
-    """Every header's checksum at once (summing in numpy, not per header in Python)."""
+    """Every header's checksum at once (summing in numpy, not per header in Python); the checksum
+    field itself counts as spaces. The first damaged header is the error."""
     if not positions:
         return
     # copied out (512 bytes each), so no array keeps a pointer into an mmap that is about to close
@@ -109,9 +110,7 @@ def _check_checksums(buf: bytes | mmap.mmap, positions: list[int], stored: list[
 
 def _verify_so_far(buf: bytes | mmap.mmap, positions: list[int], stored: list[int], pos: int, header: bytes) -> None:
     """Before the scan gives up at `pos`: the earliest damaged header so far, if any, is the error."""
-    _check_checksums(buf, positions, stored)
-    if not _checksum_ok(header):
-        raise tarfile.ReadError(f"bad tar header checksum at byte {pos}")
+    _check_checksums(buf, [*positions, pos], [*stored, _stored_checksum(header)])
 
 
 def _scan(buf: bytes | mmap.mmap) -> list[tuple[str, int, int]] | None:
@@ -137,7 +136,7 @@ def _scan(buf: bytes | mmap.mmap) -> list[tuple[str, int, int]] | None:
             return None
         try:
             out.append(_member(header, pos, end))
-            stored.append(int(_field(header, 148, 156).strip() or b"0", 8))
+            stored.append(_stored_checksum(header))
         except (ValueError, tarfile.ReadError):  # UnsafeTarMember is a ValueError
             _verify_so_far(buf, positions, stored, pos, header)  # a bad size sends the scan into data blocks
             raise
