@@ -37,6 +37,7 @@ from pipeline.dataset import (
 from pipeline.distributed import my_shards, resolve_device, resolve_rank
 from pipeline.engines.base import CaptionEngine, Generation, Prompt
 from pipeline.images import DEFAULT_MAX_PIXELS, BadInput, LoadedImage, build_celeba_mask, load_image
+from pipeline.metadata import sample_meta
 from pipeline.plan import PlanMismatch, load_or_create_plan, shard_records
 from pipeline.prompts import (
     MalformedAnswer,
@@ -216,21 +217,21 @@ def caption_step(batches: Iterable[list[Sample]], engine: CaptionEngine, prompt:
 def to_shard_sample(sample: Sample, engine_model: str, prompt: Prompt, image_format: str) -> ShardSample:
     r, img = sample.record, sample.image
     assert img is not None
-    meta = {
-        "key": r.key,
-        "dataset": r.dataset,
-        "identity": r.identity,
-        "source_path": r.source_path,
-        "width": img.width,
-        "height": img.height,
-        "caption": sample.caption,
-        "attributes": sample.attributes,
-        "caption_model": engine_model,
-        "prompt_id": prompt.prompt_id,
-        "finish_reason": sample.finish_reason,
-        "flags": sample.flags,
-        "transcoded_from": img.transcoded_from,
-    }
+    meta = sample_meta(
+        key=r.key,
+        dataset=r.dataset,
+        identity=r.identity,
+        source_path=r.source_path,
+        width=img.width,
+        height=img.height,
+        caption=sample.caption,
+        attributes=sample.attributes,
+        caption_model=engine_model,
+        prompt_id=prompt.prompt_id,
+        finish_reason=sample.finish_reason,
+        flags=sample.flags,
+        transcoded_from=img.transcoded_from,
+    )
     members = {
         image_format: img.data,
         "json": dumps_json(meta).encode("utf-8"),

@@ -29,68 +29,29 @@ from typing import Any
 import yaml
 
 from pipeline.dataset import DatasetDir, atomic_write_bytes
+from pipeline.hub import (
+    ANNOTATIONS_DIR,
+    ASSETS_DIR,
+    DATA_DIR,
+    SourceInfo,
+    dataset_features,
+    embedding_column,
+    hub_configs,
+    published_schema,
+    source_info,
+    source_of,
+    split_of,
+)
 from pipeline.prompts import PROMPTS, word_stats
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "data_cards"
-
-# The Hub layout that pipeline.publish stages; the card's `configs` and data-format section describe it.
-DATA_DIR = "data"  # annotation Parquet by default; the WebDataset tars with --include-images
-ANNOTATIONS_DIR = "annotations"  # the annotation Parquet when the tars take data/
-ASSETS_DIR = "assets"  # plots shown in the card
 
 ATTRIBUTE_VALUES_SHOWN = 8  # per attribute, in the card's tables and plot
 HOLISTIC_WORD_LIMIT = 60  # what the holistic prompt asks for; drawn on the caption-length plot
 
 
-@dataclass(frozen=True)
-class SourceInfo:
-    """What the card and publish need to know about a source dataset's terms."""
-
-    template: str  # file name in data_cards/
-    pretty: str  # human name
-    images_redistributable: bool  # False: images only to private or gated repos, with the terms printed
-
-
-SOURCES: dict[str, SourceInfo] = {
-    # Non-commercial research only; forbids copying, publishing or distributing any part of the dataset.
-    "celeba-hq": SourceInfo("celeba-hq.md", "CelebA-HQ", images_redistributable=False),
-    # Web photographs, largely copyrighted by their owners.
-    "vggface2-hq": SourceInfo("vggface2-hq.md", "VGGFace2-HQ", images_redistributable=False),
-}
-
-
 class IncompleteDataset(ValueError):
     """A dataset the card cannot describe truthfully: unfinished shards, missing embeddings."""
-
-
-def source_of(plan: dict[str, Any]) -> str:
-    return str(plan.get("fingerprint", {}).get("source") or plan.get("dataset") or "folder")
-
-
-def source_info(plan: dict[str, Any]) -> SourceInfo:
-    """Known sources by name. Any other (`folder`) gets the generic card, named after the dataset; its
-    terms are unknown to us, so they are treated as restrictive until the user edits the card."""
-    name = str(plan.get("name") or plan.get("dataset") or "images")
-    return SOURCES.get(source_of(plan), SourceInfo("generic.md", name, images_redistributable=False))
-
-
-def split_of(plan: dict[str, Any]) -> str:
-    """The Hub split name: the CelebA split the plan was made for, else `train`."""
-    split = str(plan.get("fingerprint", {}).get("split") or "train")
-    return {"val": "validation"}.get(split, split)  # the Hub's canonical split names
-
-
-def embedding_column(tag: str, field: str) -> str:
-    """Published name of an embeddings column: the CLIP tag first, so several models can coexist."""
-    return f"{tag}__{field}"
-
-
-def hub_configs(include_images: bool, split: str) -> list[dict[str, Any]]:
-    """The README `configs` for the staged layout; `datasets.load_dataset(folder)` reads them."""
-    # `datasets` infers one builder for all of a repo's configs, so the annotation Parquet that sits beside
-    # the tars gets no config of its own; the card shows how to load it with the parquet builder.
-    default = f"{DATA_DIR}/*.tar" if include_images else f"{DATA_DIR}/*.parquet"
-    return [{"config_name": "default", "data_files": [{"split": split, "path": default}]}]
 
 
 def size_category(n: int) -> str:
@@ -492,17 +453,17 @@ def statistics_section(facts: dict[str, Any], plots: dict[str, str]) -> str:
 ANNOTATION_COLUMNS = [
     ("key", "string", "`<dataset>_<identity>_<stem>`, unique; the sample's key in the WebDataset shards"),
     ("dataset", "string", "the dataset name used in the keys"),
-    ("identity", "string or null", "the source's identity label, where it has one"),
+    ("identity", "string", "the source's identity label; empty where it has none"),
     ("source_path", "string", "the image's path relative to the source dataset's root"),
     ("caption", "string", "the caption"),
-    ("attributes", "struct of strings, or null", "structured captions: one field per attribute; null otherwise"),
-    ("flags", "list of strings", "`truncated`, `identity_words`, `empty`"),
+    ("attributes", "struct of strings", "structured captions only: one field per attribute"),
+    ("flags", "struct of bools", "`truncated`, `identity_words`, `empty`: each always present, true where raised"),
     ("finish_reason", "string", "`stop` (the model ended) or `length` (cut at the token limit)"),
     ("width", "int32", "image width in pixels (after EXIF rotation)"),
     ("height", "int32", "image height in pixels"),
     ("prompt_id", "string", "the versioned prompt"),
     ("caption_model", "string", "the captioning model"),
-    ("transcoded_from", "string or null", "the original format when the image was re-encoded to RGB"),
+    ("transcoded_from", "string", "the original format when the image was re-encoded to RGB; empty otherwise"),
 ]
 
 
@@ -671,7 +632,12 @@ def card_values(
 
 
 def front_matter(
-    template_yaml: str, values: dict[str, str], facts: dict[str, Any], include_images: bool, where: str
+    template_yaml: str,
+    values: dict[str, str],
+    facts: dict[str, Any],
+    include_images: bool,
+    features: list[dict[str, Any]],
+    where: str,
 ) -> dict[str, Any]:
     # Values go into the YAML as JSON strings (valid YAML), so no value can change its structure.
     quoted = {k: json.dumps(v, ensure_ascii=False) for k, v in values.items()}
@@ -680,6 +646,7 @@ def front_matter(
         raise ValueError(f"{where}: the front matter must be a YAML mapping")
     meta["size_categories"] = [size_category(facts["samples"])]
     meta["configs"] = hub_configs(include_images, facts["split"])
+    meta["dataset_info"] = {"config_name": "default", "features": features}
     if include_images:
         meta["extra_gated_prompt"] = (
             f"This repository contains face images from {facts['source_pretty']}, whose terms do not allow public "
@@ -712,7 +679,12 @@ def render_card(
     path = template or template_path(plan)
     head, body = split_front_matter(path.read_text(encoding="utf-8"), str(path))
     values = card_values(facts, source_info(plan), plots, include_images, repo_id or f"USER/{facts['name']}")
-    meta = front_matter(head, values, facts, include_images, str(path))
+    structured = list(facts["json_schema"]["required"]) if facts["json_schema"] else None
+    schema = published_schema(ds, list(facts["clip"]), 0, structured, facts)
+    features = dataset_features(
+        schema, include_images, structured, str(facts["image_format"]), bool(plan.get("has_masks"))
+    )
+    meta = front_matter(head, values, facts, include_images, features, str(path))
     dumped = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
     return f"---\n{dumped}---\n{_substitute(body, values, str(path))}"
 

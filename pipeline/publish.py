@@ -30,6 +30,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,19 +38,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.card import (
+from pipeline.card import dataset_facts, embedding_tags, render_card, section
+from pipeline.dataset import DatasetDir, atomic_write_bytes, dumps_json
+from pipeline.hub import (
     ANNOTATIONS_DIR,
     ASSETS_DIR,
     DATA_DIR,
-    dataset_facts,
+    annotation_fields,
     embedding_column,
-    embedding_tags,
-    render_card,
-    section,
+    published_schema,
     source_info,
 )
-from pipeline.dataset import DatasetDir, atomic_write_bytes
-from pipeline.shards import UnsafeTarMember, iter_shard
+from pipeline.metadata import META_VERSION, upgrade, version_of
+from pipeline.shards import ShardSample, UnsafeTarMember, iter_shard, write_shard
 
 MARKER = ".alphaface-stage"  # marks a folder publish made, so only such a folder is ever replaced
 DATASET_ENTRIES = ("plan.json", "shards", "stats", "errors", "embeddings", "README.md", ASSETS_DIR)
@@ -132,60 +133,14 @@ def check_files(ds: DatasetDir, plan: dict[str, Any], tags: list[str]) -> list[s
 # ---------------------------------------------------------------- validation, part 2: read back and stage
 
 
-def annotation_fields(structured: list[str] | None) -> list[pa.Field]:
-    attributes = pa.struct([pa.field(a, pa.string()) for a in structured]) if structured else pa.string()
-    return [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("dataset", pa.string()),
-        pa.field("identity", pa.string()),
-        pa.field("source_path", pa.string()),
-        pa.field("caption", pa.string()),
-        pa.field("attributes", attributes),
-        pa.field("flags", pa.list_(pa.string())),
-        pa.field("finish_reason", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("prompt_id", pa.string()),
-        pa.field("caption_model", pa.string()),
-        pa.field("transcoded_from", pa.string()),
-    ]
-
-
-def _clip_meta(path: Path) -> tuple[pa.Schema, dict[str, str]]:
-    schema = pq.read_schema(path)
-    return schema, {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-
-
-def published_schema(
-    ds: DatasetDir, tags: list[str], first_shard: int, structured: list[str] | None, facts: dict[str, Any]
-) -> pa.Schema:
-    """The annotation Parquet schema: fixed columns, then each tag's embedding columns, prefixed by the tag."""
-    fields = annotation_fields(structured)
-    clip: dict[str, Any] = {}
-    for tag in tags:
-        schema, meta = _clip_meta(ds.embeddings_path(tag, first_shard))
-        columns = []
-        for f in schema:
-            if f.name != "key":
-                fields.append(pa.field(embedding_column(tag, f.name), f.type))
-                columns.append(embedding_column(tag, f.name))
-        clip[tag] = {
-            "model": meta.get("clip_model"),
-            "pretrained": meta.get("clip_pretrained"),
-            "embed_dim": int(meta["embed_dim"]) if "embed_dim" in meta else None,
-            "context_length": int(meta["context_length"]) if "context_length" in meta else None,
-            "quick_gelu": json.loads(meta.get("quick_gelu", "false")),
-            "precision": meta.get("precision"),
-            "columns": columns,
-        }
-    about = {"source": facts["source"], "prompt_id": facts["prompt_id"], "clip": clip}
-    return pa.schema(fields, metadata={"alphaface": json.dumps(about, sort_keys=True)})
-
-
-def _read_shard(path: Path, image_ext: str, problems: list[str], where: str) -> list[dict[str, Any]] | None:
-    """The `.json` metadata of every sample, checking member names, keys and member sets."""
+def _read_shard(
+    path: Path, image_ext: str, problems: list[str], where: str
+) -> tuple[list[dict[str, Any]], bool] | None:
+    """The `.json` metadata of every sample (upgraded to the current format), checking member names, keys
+    and member sets, and whether any record was written in an older format."""
     metas: list[dict[str, Any]] = []
     members: set[str] | None = None
+    old = False
     try:
         for sample in iter_shard(path):
             exts = set(sample.members)
@@ -201,11 +156,27 @@ def _read_shard(path: Path, image_ext: str, problems: list[str], where: str) -> 
             meta = json.loads(sample.members["json"])
             if meta.get("key") != sample.key:
                 problems.append(f"{where}: {sample.key}.json holds key {meta.get('key')!r}")
-            metas.append(meta)
+            old = old or version_of(meta) != META_VERSION
+            metas.append(upgrade(meta))
     except (tarfile.TarError, UnsafeTarMember, OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
         problems.append(f"{where}: cannot be read back: {e}")
         return None
-    return metas
+    except ValueError as e:  # a record newer than this code
+        problems.append(f"{where}: {e}")
+        return None
+    return metas, old
+
+
+def _upgraded_shard(src: Path, dst: Path) -> None:
+    """Copy a shard whose `.json` members are in an older format, with those members upgraded, so the
+    staged tars have one type per field (the `datasets` builder needs that)."""
+
+    def samples() -> Iterator[ShardSample]:
+        for sample in iter_shard(src):
+            meta = upgrade(json.loads(sample.members["json"]))
+            yield ShardSample(sample.key, {**sample.members, "json": dumps_json(meta).encode("utf-8")})
+
+    write_shard(dst, samples())
 
 
 def _embeddings(
@@ -237,12 +208,7 @@ def _embeddings(
 def _annotation_table(
     metas: list[dict[str, Any]], clips: dict[str, pa.Table], schema: pa.Schema, structured: list[str] | None
 ) -> pa.Table:
-    columns: dict[str, Any] = {}
-    for f in annotation_fields(structured):
-        if f.name == "attributes" and structured:
-            columns[f.name] = [m.get("attributes") for m in metas]
-        else:
-            columns[f.name] = [m.get(f.name) for m in metas]
+    columns: dict[str, Any] = {f.name: [m.get(f.name) for m in metas] for f in annotation_fields(structured)}
     for tag, table in clips.items():
         for name in table.column_names:
             if name != "key":
@@ -282,9 +248,10 @@ def build(
     total = 0
     for i in range(plan["num_shards"]):
         tar = ds.shard_path(plan["name"], i)
-        metas = _read_shard(tar, image_ext, problems, f"shard {i:06d} ({tar.name})")
-        if metas is None:
+        read = _read_shard(tar, image_ext, problems, f"shard {i:06d} ({tar.name})")
+        if read is None:
             continue
+        metas, old_format = read
         ok = ds.load_stats(i)["ok"]
         if len(metas) != ok:
             problems.append(f"shard {i:06d}: {tar.name} holds {len(metas)} samples but stats/{i:06d}.json says {ok}")
@@ -308,7 +275,9 @@ def build(
             parquet_dir / f"{plan['name']}-{i:06d}.parquet",
             compression="zstd",
         )
-        if include_images:
+        if include_images and old_format:
+            _upgraded_shard(tar, out / DATA_DIR / tar.name)
+        elif include_images:
             _link_or_copy(tar, out / DATA_DIR / tar.name)
         total += len(metas)
     if not problems and total == 0:

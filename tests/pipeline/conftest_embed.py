@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from pipeline.dataset import DatasetDir, atomic_write_json, atomic_write_jsonl, dumps_json, make_key
+from pipeline.metadata import sample_meta
 from pipeline.prompts import ATTRIBUTES, compose_caption
 from pipeline.shards import ShardSample, write_shard
 
@@ -104,21 +105,21 @@ def make_dataset(
             key = make_key(name, identity, f"{n:04d}")
             attributes = structured_attributes(n) if structured else None
             text = compose_caption(attributes) if structured and caption is None else caption
-            meta = {
-                "key": key,
-                "dataset": name,
-                "identity": identity,
-                "source_path": f"{identity}/{n:04d}.jpg",
-                "width": image_size,
-                "height": image_size,
-                "caption": text,
-                "attributes": attributes,
-                "caption_model": "tiny",
-                "prompt_id": "structured-v1" if structured else "holistic-v1",
-                "finish_reason": "stop",
-                "flags": [],
-                "transcoded_from": None,
-            }
+            meta = sample_meta(
+                key=key,
+                dataset=name,
+                identity=identity,
+                source_path=f"{identity}/{n:04d}.jpg",
+                width=image_size,
+                height=image_size,
+                caption=text,
+                attributes=attributes,
+                caption_model="tiny",
+                prompt_id="structured-v1" if structured else "holistic-v1",
+                finish_reason="stop",
+                flags=[],
+                transcoded_from=None,
+            )
             members = {"jpg": jpeg(n, image_size), "json": dumps_json(meta).encode(), "txt": text.encode()}
             if masks:
                 members["mask.png"] = mask_png(n, mask_size or image_size)
