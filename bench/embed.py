@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.caption_host import make_jpeg  # noqa: E402
 from pipeline.caption import CaptionConfig  # noqa: E402
 from pipeline.caption import run as caption  # noqa: E402
-from pipeline.embed import EmbedConfig, _encode_trimmed, encode_texts, load_clip, read_texts, trim_padding  # noqa: E402
+from pipeline.clip_tower import _encode_trimmed, encode_texts, load_clip, trim_padding  # noqa: E402
+from pipeline.embed import EmbedConfig, read_texts  # noqa: E402
 from pipeline.embed import run as embed  # noqa: E402
 from pipeline.engines.base import EngineInfo, Generation, Prompt  # noqa: E402
 from pipeline.shards import iter_shard  # noqa: E402

@@ -12,10 +12,6 @@ so a killed run resumes to the same bytes (greedy decoding), whatever world size
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -26,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pipeline.cli import parse_config, stage_main
 from pipeline.dataset import (
     DatasetDir,
     atomic_write_json,
@@ -40,6 +37,7 @@ from pipeline.images import DEFAULT_MAX_PIXELS, BadInput, LoadedImage, build_cel
 from pipeline.metadata import sample_meta
 from pipeline.plan import PlanMismatch, load_or_create_plan, shard_records
 from pipeline.prompts import (
+    PROMPTS,
     MalformedAnswer,
     caption_flags,
     clean_caption,
@@ -56,37 +54,41 @@ from pipeline.sources import CELEBA_MASK_CLASSES, SOURCES, SourceRecord
 @dataclass(frozen=True)
 class CaptionConfig:
     # --- input
-    source: str  # vggface2-hq | celeba-hq | folder
-    input: Path  # dataset root
+    source: str = field(metadata={"choices": sorted(SOURCES)})  # which layout the input has
+    input: Path  # the source dataset's root
+    output: Path  # the dataset directory to write (shards/, stats/, errors/, plan.json)
     dataset_name: str | None = None  # key prefix; defaults to the source name
-    split: str | None = None  # celeba-hq: train | val | test (needs list_eval_partition.txt)
+    split: str | None = field(default=None, metadata={"choices": ["train", "val", "test"]})  # celeba-hq only
     limit: int | None = None  # caption only the first N inputs of the sorted listing
     # --- output
-    output: Path = Path("dataset")
     shard_size: int = 1000  # samples per shard; the unit of work and of resume
-    image_format: str = "jpg"  # the one image member of every sample: jpg | png
+    image_format: str = field(
+        default="jpg", metadata={"choices": ["jpg", "png"]}
+    )  # the one image member of every sample
     overwrite: bool = False  # delete an output directory planned with other settings
     # --- engine
-    engine: str = "vllm"  # vllm (GPU, production) | transformers (anywhere)
+    engine: str = field(default="vllm", metadata={"choices": ["vllm", "transformers"]})  # vllm (GPU) | transformers
     model: str = "OpenGVLab/InternVL3-14B-hf"  # hub name or local path
-    prompt: str = "holistic"  # holistic | structured
-    batch_size: int = 64  # images per engine call
+    prompt: str = field(default="holistic", metadata={"choices": sorted(PROMPTS)})  # holistic | structured
+    batch_size: int | None = None  # images per engine call; default 64 for vllm, 8 for transformers
     max_new_tokens: int = 96  # answers cut here are flagged `truncated`
     image_size: int = 448  # images are pre-resized to this square before the engine
     max_dynamic_patch: int = 1  # InternVL tiles per image; 1 = 256 image tokens
     device: str | None = None  # transformers engine: cpu | cuda | auto
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     tensor_parallel_size: int = 1  # vllm: GPUs per engine
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # only for non -hf checkpoints; off by default
     # --- work split
     rank: int | None = None  # default: RANK / SLURM_PROCID
     world_size: int | None = None  # default: WORLD_SIZE / SLURM_NTASKS
     # --- host side
     workers: int = 4  # image-decoding threads
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger declared sizes are decompression bombs
-    progress: bool = True
+    progress: bool = True  # tqdm progress bar
 
     def __post_init__(self) -> None:
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", 64 if self.engine == "vllm" else 8)
         if self.source not in SOURCES:
             raise ValueError(f"--source must be one of {sorted(SOURCES)}")
         if self.engine not in ("vllm", "transformers"):
@@ -396,71 +398,17 @@ def run(cfg: CaptionConfig, engine: CaptionEngine | None = None) -> dict[str, An
 
 
 def parse_args(argv: list[str] | None = None) -> CaptionConfig:
-    p = argparse.ArgumentParser(prog="python -m pipeline.caption", description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", required=True, choices=sorted(SOURCES))
-    p.add_argument("--input", required=True, type=Path)
-    p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
-    p.add_argument("--model", default=CaptionConfig.model)
-    p.add_argument("--prompt", default="holistic", choices=["holistic", "structured"])
-    p.add_argument("--dataset-name", default=None, help="key prefix (default: the source name)")
-    p.add_argument("--split", default=None, choices=["train", "val", "test"], help="celeba-hq only")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--shard-size", type=int, default=1000)
-    p.add_argument("--image-format", default="jpg", choices=["jpg", "png"])
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 64 for vllm, 8 for transformers")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--image-size", type=int, default=448)
-    p.add_argument("--max-dynamic-patch", type=int, default=1)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--trust-remote-code", action="store_true", help="only for non -hf checkpoints; off by default")
-    p.add_argument("--rank", type=int, default=None)
-    p.add_argument("--world-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    batch_size = a.batch_size or (64 if a.engine == "vllm" else 8)
-    return CaptionConfig(
-        source=a.source,
-        input=a.input,
-        dataset_name=a.dataset_name,
-        split=a.split,
-        limit=a.limit,
-        output=a.output,
-        shard_size=a.shard_size,
-        image_format=a.image_format,
-        overwrite=a.overwrite,
-        engine=a.engine,
-        model=a.model,
-        prompt=a.prompt,
-        batch_size=batch_size,
-        max_new_tokens=a.max_new_tokens,
-        image_size=a.image_size,
-        max_dynamic_patch=a.max_dynamic_patch,
-        device=a.device,
-        dtype=a.dtype,
-        tensor_parallel_size=a.tensor_parallel_size,
-        trust_remote_code=a.trust_remote_code,
-        rank=a.rank,
-        world_size=a.world_size,
-        workers=a.workers,
-        max_pixels=a.max_pixels,
-        progress=not a.no_progress,
-    )
+    return parse_config("python -m pipeline.caption", __doc__, CaptionConfig, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_args(argv)
-    try:
-        summary = run(cfg)
-    except (FileNotFoundError, PlanMismatch, ValueError) as e:
-        raise SystemExit(f"pipeline.caption: error: {e}") from e
-    print(json.dumps({"caption": summary}), file=sys.stderr)
-    return summary
+    return stage_main(
+        "pipeline.caption",
+        lambda: parse_args(argv),
+        run,
+        (FileNotFoundError, PlanMismatch, ValueError),
+        "caption",
+    )
 
 
 if __name__ == "__main__":

@@ -15,12 +15,10 @@ same `render_card`.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import statistics
 import string
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,9 @@ from typing import Any
 
 import yaml
 
+from pipeline.cli import parse_config, stage_main
 from pipeline.dataset import DatasetDir, atomic_write_bytes
+from pipeline.embeddings import decode_metadata
 from pipeline.hub import (
     ANNOTATIONS_DIR,
     ASSETS_DIR,
@@ -66,11 +66,6 @@ def size_category(n: int) -> str:
 # ---------------------------------------------------------------- facts from the run
 
 
-def _quantile(values: list[float], p: float) -> float:
-    q = sorted(values)
-    return q[min(len(q) - 1, int(p * len(q)))]
-
-
 def embedding_tags(ds: DatasetDir, clip_tags: list[str] | None) -> list[str]:
     """The CLIP tags a card promises: the ones asked for, else every embeddings/<tag> folder."""
     if clip_tags:
@@ -103,7 +98,7 @@ def clip_facts(ds: DatasetDir, tag: str, shards: list[int]) -> dict[str, Any]:
             table = pq.read_table(path, columns=cols)
         except (OSError, pa.ArrowException) as e:
             raise IncompleteDataset(f"embeddings/{tag}/{i:06d}.parquet is unreadable: {e}; rerun pipeline.embed") from e
-        meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+        meta = decode_metadata(schema)
         rows += table.num_rows
         if "text_truncated" in cols:
             truncated += sum(table.column("text_truncated").to_pylist())
@@ -123,9 +118,6 @@ def clip_facts(ds: DatasetDir, tag: str, shards: list[int]) -> dict[str, Any]:
         "truncation_rate": truncated / rows if rows else 0.0,
         "empty": empty,
         "sim_mean": statistics.fmean(sims) if sims else None,
-        "sim_p05": _quantile(sims, 0.05) if sims else None,
-        "sim_p50": _quantile(sims, 0.5) if sims else None,
-        "sim_p95": _quantile(sims, 0.95) if sims else None,
         "sims": sims,
     }
 
@@ -193,7 +185,6 @@ def dataset_facts(dataset_dir: str | Path, clip_tags: list[str] | None = None) -
         "source_pretty": source_info(plan).pretty,
         "split": split_of(plan),
         "num_shards": plan["num_shards"],
-        "shard_samples": [int(s.get("ok", 0)) for s in stats],
         "inputs": sum(int(s.get("inputs", s.get("ok", 0))) for s in stats),
         "samples": samples,
         "failed_total": sum(failed.values()),
@@ -750,31 +741,11 @@ def run(cfg: CardConfig) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> CardConfig:
-    p = argparse.ArgumentParser(prog="python -m pipeline.card", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, type=Path)
-    p.add_argument("--out", type=Path, default=None, help="default: DATASET/README.md (plots in its assets/)")
-    p.add_argument("--repo-id", default=None, help="USER/NAME for the loading example")
-    p.add_argument("--include-images", action="store_true", help="describe the layout with the WebDataset tars")
-    p.add_argument("--clip-tag", action="append", default=[], help="CLIP tag to describe (repeatable; default: all)")
-    p.add_argument("--template", type=Path, default=None, help="a card template (default: by source)")
-    a = p.parse_args(argv)
-    return CardConfig(
-        dataset=a.dataset,
-        clip_tags=tuple(a.clip_tag),
-        template=a.template,
-        repo_id=a.repo_id,
-        include_images=a.include_images,
-        out=a.out,
-    )
+    return parse_config("python -m pipeline.card", __doc__, CardConfig, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    try:
-        summary = run(parse_args(argv))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"pipeline.card: error: {e}") from e
-    print(json.dumps({"card": summary}), file=sys.stderr)
-    return summary
+    return stage_main("pipeline.card", lambda: parse_args(argv), run, (FileNotFoundError, ValueError), "card")
 
 
 if __name__ == "__main__":

@@ -72,8 +72,7 @@ def run(out: Path, identities: int = 4, per_identity: int = 4, size: int = 256) 
     _step("train (demo.yaml: tiny networks, random frozen weights, a few CPU steps)")
     train_args = ["--config", str(DEMO_CONFIG), "--data", str(dataset), "--output", str(run_dir)]
     # 40 steps at a high learning rate: enough for the tiny generator's swaps to leave flat grey.
-    train_args += ["--max-steps", "40", "--set", f"clip_model={models / tiny_models.CLIP_FILE}"]
-    train_args += ["lr_g=0.003", "lr_d=0.003", "sample_every=20", "checkpoint_every=20"]
+    train_args += ["--max-steps", "40", "--set", "lr_g=0.003", "lr_d=0.003", "sample_every=20", "checkpoint_every=20"]
     if (run_dir / "checkpoints").is_dir():
         train_args.append("--resume")
     summary["train"] = train.main(train_args)

@@ -14,42 +14,41 @@ Shards the caption stage has not finished yet are skipped, so embed can trail a 
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.dataset import DatasetDir, atomic_open, atomic_write_json, clip_tag, remove_temporaries_of, sanitize
+from pipeline.cli import parse_config, stage_main
+from pipeline.clip_tower import Clip, ClipWeightsUnavailable, encode_texts, load_clip
+from pipeline.dataset import DatasetDir, atomic_write_json, clip_tag, remove_temporaries_of
 from pipeline.distributed import my_shards, resolve_device, resolve_rank
-from pipeline.prompts import PROMPTS
+from pipeline.embeddings import (
+    FORMAT_VERSION,
+    EmbeddingsInvalid,
+    attribute_column,
+    attribute_names,
+    embeddings_schema,
+    read_embeddings,
+    vectors,
+    write_clip_record,
+    write_embeddings,
+)
 from pipeline.shards import iter_members
 
-FORMAT_VERSION = "1"
 PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-class ClipWeightsUnavailable(RuntimeError):
-    """A pretrained tag whose weights are neither cached nor downloadable here."""
-
-
-class EmbeddingsInvalid(ValueError):
-    """An embeddings Parquet that is unreadable, partial, or made for another model or shard."""
 
 
 @dataclass(frozen=True)
@@ -62,12 +61,12 @@ class EmbedConfig:
     # --- compute
     batch_size: int = 256  # texts or images per forward pass
     device: str | None = None  # cpu | cuda (this process's LOCAL_RANK GPU) | auto
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (open_clip's mixed precision)
+    precision: str = field(default="fp32", metadata={"choices": PRECISIONS})  # open_clip's mixed precision
     workers: int = 4  # image-decoding threads, running while the model encodes
     # --- work split
     rank: int | None = None  # default: RANK / SLURM_PROCID
     world_size: int | None = None  # default: WORLD_SIZE / SLURM_NTASKS
-    progress: bool = True
+    progress: bool = True  # tqdm progress bar
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -84,178 +83,6 @@ class EmbedConfig:
     @property
     def tag(self) -> str:
         return clip_tag(self.clip_model, self.pretrained)
-
-
-# ---------------------------------------------------------------- the CLIP model
-
-
-@dataclass
-class Clip:
-    """An open_clip model with its own tokenizer and eval preprocessing, ready to encode."""
-
-    model: torch.nn.Module
-    tokenizer: Callable[[list[str]], torch.Tensor]
-    preprocess: Callable[[Image.Image], torch.Tensor]  # PIL -> (3, S, S) normalised
-    name: str  # registered open_clip model name (a config JSON's file stem)
-    pretrained: str  # as given: tag, checkpoint path, or "none"
-    precision: str
-    device: torch.device
-    input_dtype: torch.dtype
-    context_length: int
-    embed_dim: int
-    quick_gelu: bool
-
-    def token_count(self, text: str) -> int:
-        """Tokens the caption needs, start and end included; above `context_length` it is truncated."""
-        from open_clip.tokenizer import SimpleTokenizer
-
-        if isinstance(self.tokenizer, SimpleTokenizer):
-            return len(self.tokenizer.encode(text)) + 2  # + <start_of_text>, <end_of_text>
-        hf = getattr(self.tokenizer, "tokenizer", None)  # HFTokenizer / SigLipTokenizer wrap a HF tokenizer
-        if hf is None:
-            raise TypeError(f"cannot count tokens with {type(self.tokenizer).__name__}")
-        clean = getattr(self.tokenizer, "clean_fn", lambda t: t)
-        return len(hf(clean(text))["input_ids"])
-
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """(N,) texts -> (N, D) float32, L2-normalised, on the CPU.
-
-        Where no position can see the padding (see `_trimmable`), the batch runs at its longest
-        text's token length instead of the full padded context: the cost scales with it, and short
-        texts (attribute phrases) cost a fraction. In float32 the result equals the full context's
-        up to float rounding; in fp16/bf16, within that precision's rounding.
-        """
-        with torch.inference_mode():
-            tokens = self.tokenizer(texts).to(self.device)  # (N, context_length)
-            if not _trimmable(self.model, self.tokenizer):
-                return _normalise(self.model.encode_text(tokens))
-            return _normalise(_encode_trimmed(self.model, trim_padding(tokens)))
-
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) preprocessed -> (N, D) float32, L2-normalised, on the CPU."""
-        with torch.inference_mode():
-            return _normalise(self.model.encode_image(pixels.to(self.device, self.input_dtype)))
-
-
-def _trimmable(model: torch.nn.Module, tokenizer: Any) -> bool:
-    """Whether padding positions can be dropped without changing any embedding: open_clip's CLIP text
-    tower with a causal mask (no position sees a later one, so none sees the padding) that pools
-    at the end-of-text or first token (never at the last, padded position), and open_clip's own
-    tokenizer, whose end-of-text id is the largest (so argmax finds it)."""
-    from open_clip.model import CLIP
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return (
-        type(model) is CLIP  # subclasses may pool or mask differently
-        and isinstance(tokenizer, SimpleTokenizer)
-        and isinstance(getattr(model, "attn_mask", None), torch.Tensor)
-        and isinstance(getattr(model, "positional_embedding", None), torch.Tensor)
-        and getattr(model, "text_pool_type", None) in ("argmax", "eos", "first")
-    )
-
-
-def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
-    """(N, context) open_clip tokens -> (N, L): through the batch's last end-of-text token (the largest
-    id: where open_clip pools). Not a count of non-zero ids, as 0 is also a real token ("!")."""
-    return tokens[:, : int(tokens.argmax(dim=1).max()) + 1]
-
-
-class _TextForward(torch.nn.Module):
-    """`clip.encode_text` as a module's forward, so that functional_call can run it (unnormalised: the
-    caller normalises in float32, as for untrimmed batches)."""
-
-    def __init__(self, clip: torch.nn.Module):
-        super().__init__()
-        self.clip = clip
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_text(tokens)
-
-
-def _encode_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's own `encode_text` on (N, L) tokens, L <= context: the model's positional embedding
-    and causal mask are given for the first L positions only (a functional call: the model itself is
-    not changed). Returns (N, D) unnormalised, in the model's dtype."""
-    n = tokens.shape[1]
-    state = {"clip.positional_embedding": model.positional_embedding[:n]}
-    if model.attn_mask is not None:
-        state["clip.attn_mask"] = model.attn_mask[:n, :n]
-    return torch.func.functional_call(_TextForward(model), state, (tokens,), strict=False)
-
-
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x.float(), dim=-1).cpu()
-
-
-def register_model_config(path: str | os.PathLike) -> str:
-    """Register an open_clip model-config JSON; returns its model name (the file stem)."""
-    import open_clip
-
-    path = Path(path)
-    cfg = json.loads(path.read_text(encoding="utf-8"))
-    if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise ValueError(f"{path} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
-    open_clip.add_model_config(path)
-    return path.stem
-
-
-def load_clip(model: str, pretrained: str, device: str = "cpu", precision: str = "fp32") -> Clip:
-    """Build the model exactly as open_clip does, with its tokenizer and eval preprocessing.
-
-    `pretrained="none"` gives random weights, seeded, so reruns embed identically. A tag whose
-    weights open_clip marks as QuickGELU-trained (such as `openai`) gets QuickGELU, as the weights need.
-    """
-    import open_clip
-
-    name = register_model_config(model) if model.endswith(".json") else model
-    if name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {name!r}; pass a name from open_clip.list_models() or a config JSON")
-    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained != "none" else {}
-    if pretrained != "none" and not tag_cfg and not os.path.isfile(pretrained):
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        raise ValueError(
-            f"--pretrained {pretrained!r} is neither an open_clip tag for {name} ({', '.join(tags) or 'none'}), "
-            "a checkpoint file, nor 'none'"
-        )
-    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # random-weight models are reproducible across reruns and ranks
-            clip_model, _, preprocess = open_clip.create_model_and_transforms(
-                name,
-                pretrained=None if pretrained == "none" else pretrained,
-                precision=precision,
-                device=device,
-                force_quick_gelu=quick_gelu,
-                pretrained_text=pretrained != "none",  # "none" means no weights at all, HF text towers too
-                weights_only=True,
-            )
-    except RuntimeError as e:
-        if not tag_cfg or "Failed to download" not in str(e):
-            raise
-        hub = tag_cfg.get("hf_hub") or tag_cfg.get("url", "")
-        raise ClipWeightsUnavailable(
-            f"the weights for --clip-model {name} --pretrained {pretrained} ({hub}) are not in the local cache "
-            "and cannot be downloaded here (HF_HUB_OFFLINE=1 or no network). Fetch them once on a machine with "
-            f"network access: HF_HUB_OFFLINE=0 python -c \"import open_clip; open_clip.create_model('{name}', "
-            f"pretrained='{pretrained}')\" and copy ~/.cache/huggingface/hub here (or set HF_HOME), or download "
-            f"the checkpoint file and pass its path as --pretrained. Cause: {e}"
-        ) from e
-    clip_model.eval()
-    tokenizer = open_clip.get_tokenizer(name)
-    return Clip(
-        model=clip_model,
-        tokenizer=tokenizer,
-        preprocess=preprocess,
-        name=name,
-        pretrained=pretrained,
-        precision=precision,
-        device=torch.device(device),
-        input_dtype=open_clip.get_input_dtype(precision) or torch.float32,
-        context_length=int(getattr(tokenizer, "context_length", None) or clip_model.context_length),
-        embed_dim=int(open_clip.get_model_config(name)["embed_dim"]),
-        quick_gelu=quick_gelu,
-    )
 
 
 # ---------------------------------------------------------------- reading a shard
@@ -330,111 +157,6 @@ def prefetched_batches(
     return results()
 
 
-@dataclass
-class TextTable:
-    """The distinct texts of a shard, each tokenized and encoded once."""
-
-    row: dict[str, int]  # text -> row of `emb`, in first-seen order
-    emb: np.ndarray  # (U, D) float32, L2-normalised
-    tokens: list[int]  # tokens each text needs, start and end included
-    context_length: int
-
-    def lookup(self, texts: list[str]) -> np.ndarray:
-        return self.emb[np.asarray([self.row[t] for t in texts], dtype=np.int64)]  # (N, D)
-
-    def truncated(self, text: str) -> bool:
-        return self.tokens[self.row[text]] > self.context_length
-
-
-def encode_texts(clip: Clip, texts: Iterable[str], batch_size: int) -> TextTable:
-    """Deduplicate, then encode in batches of `batch_size`, grouped by token count so that each
-    batch runs at about its own texts' length (Clip.encode_text drops the common padding)."""
-    row: dict[str, int] = {}
-    for t in texts:
-        row.setdefault(t, len(row))
-    unique = list(row)
-    counts = [clip.token_count(t) for t in unique]
-    by_length = sorted(range(len(unique)), key=counts.__getitem__)
-    emb = np.zeros((len(unique), clip.embed_dim), dtype=np.float32)  # (U, D)
-    for i in range(0, len(unique), batch_size):
-        rows = by_length[i : i + batch_size]
-        emb[rows] = clip.encode_text([unique[j] for j in rows]).numpy()
-    return TextTable(row, emb, counts, clip.context_length)
-
-
-# ---------------------------------------------------------------- the Parquet file
-
-
-def attribute_names(prompt_id: str | None) -> list[str]:
-    """The attribute fields of a structured prompt, from its JSON schema (sorted)."""
-    for prompt in PROMPTS.values():
-        if prompt.prompt_id == prompt_id:
-            if prompt.json_schema is None:
-                break
-            return sorted(prompt.json_schema["properties"])
-    raise ValueError(
-        f"--attributes needs a structured-caption dataset (pipeline.caption --prompt structured); "
-        f"this one was captioned with prompt {prompt_id!r}"
-    )
-
-
-def attribute_column(name: str) -> str:
-    return f"attr_{sanitize(name)}_emb"
-
-
-def embeddings_schema(dim: int, attributes: list[str], metadata: dict[str, str]) -> pa.Schema:
-    vec = pa.list_(pa.float16(), dim)
-    fields = [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("text_emb", vec, nullable=False),
-        pa.field("image_emb", vec, nullable=False),
-        pa.field("text_image_sim", pa.float32(), nullable=False),
-        pa.field("text_truncated", pa.bool_(), nullable=False),
-        pa.field("text_empty", pa.bool_(), nullable=False),
-    ]
-    fields += [pa.field(attribute_column(a), vec, nullable=False) for a in attributes]
-    return pa.schema(fields, metadata=metadata)
-
-
-def _vectors(x: np.ndarray) -> pa.FixedSizeListArray:
-    """(N, D) float32 -> fixed-size list<float16>[D]."""
-    flat = pa.array(x.astype(np.float16).reshape(-1))  # (N * D,)
-    return pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
-
-
-def write_embeddings(path: Path, schema: pa.Schema, columns: dict[str, Any]) -> None:
-    table = pa.Table.from_pydict(columns, schema=schema)
-    # Page checksums let a reader tell a damaged file from a good one, beyond a missing footer.
-    with atomic_open(path, "wb") as f:
-        pq.write_table(table, f, compression="zstd", write_page_checksum=True, use_dictionary=["key"])
-
-
-def read_embeddings(path: Path, tag: str, rows: int | None = None, attributes: list[str] | None = None) -> pa.Table:
-    """Read a whole embeddings Parquet, verifying it; raises EmbeddingsInvalid with the reason."""
-    try:
-        # ParquetFile, not read_table: read_table's dataset layer costs more than reading a shard's rows
-        with pq.ParquetFile(path, page_checksum_verification=True) as f:
-            table = f.read()
-    except FileNotFoundError:
-        raise
-    except (OSError, pa.ArrowException) as e:  # truncated, garbage, or a failed page checksum
-        raise EmbeddingsInvalid(f"{path} is unreadable (a partial or damaged file): {e}") from e
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    if meta.get("clip_tag") != tag:
-        raise EmbeddingsInvalid(
-            f"{path} holds embeddings of {meta.get('clip_tag')!r}, not of the requested CLIP {tag!r}"
-        )
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise EmbeddingsInvalid(f"{path} has format version {meta.get('format_version')!r}, not {FORMAT_VERSION}")
-    if rows is not None and table.num_rows != rows:
-        raise EmbeddingsInvalid(f"{path} has {table.num_rows} rows where the shard has {rows} samples")
-    wanted = [attribute_column(a) for a in attributes or []]
-    missing = [c for c in ["key", "text_emb", "image_emb", "text_image_sim", *wanted] if c not in table.column_names]
-    if missing:
-        raise EmbeddingsInvalid(f"{path} lacks columns {missing}")
-    return table
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -497,8 +219,8 @@ def process_shard(
     empty = [not r.caption.strip() for r in records]
     columns: dict[str, Any] = {
         "key": [r.key for r in records],
-        "text_emb": _vectors(t),
-        "image_emb": _vectors(image_emb),
+        "text_emb": vectors(t),
+        "image_emb": vectors(image_emb),
         "text_image_sim": sim.astype(np.float32),
         "text_truncated": truncated,
         "text_empty": empty,
@@ -506,7 +228,7 @@ def process_shard(
     attr_stats = {}
     for a in attrs:
         values = [r.attributes[a] for r in records]  # type: ignore[index]
-        columns[attribute_column(a)] = _vectors(texts.lookup(values))
+        columns[attribute_column(a)] = vectors(texts.lookup(values))
         attr_stats[a] = {"unique": len(set(values)), "truncated": sum(map(texts.truncated, values))}
     metadata = {
         "format_version": FORMAT_VERSION,
@@ -608,6 +330,7 @@ def run(cfg: EmbedConfig, clip: Clip | None = None) -> dict[str, Any]:
         "truncated": 0,
         "seconds": 0.0,
     }
+    write_clip_record(ds, cfg.tag, cfg.clip_model, cfg.pretrained)  # even when every shard is done: old runs
     if not todo:
         return summary
     if clip is None:
@@ -640,42 +363,12 @@ def run(cfg: EmbedConfig, clip: Clip | None = None) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> EmbedConfig:
-    p = argparse.ArgumentParser(prog="python -m pipeline.embed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, type=Path)
-    p.add_argument("--clip-model", required=True, help="open_clip model name (ViT-B-32) or a model-config JSON")
-    p.add_argument("--pretrained", required=True, help="open_clip tag (openai), a checkpoint path, or none")
-    p.add_argument("--attributes", action="store_true", help="structured datasets: embed each attribute too")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default=None, help="cpu | cuda | auto (default)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image-decoding threads")
-    p.add_argument("--rank", type=int, default=None)
-    p.add_argument("--world-size", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    return EmbedConfig(
-        dataset=a.dataset,
-        clip_model=a.clip_model,
-        pretrained=a.pretrained,
-        attributes=a.attributes,
-        batch_size=a.batch_size,
-        device=a.device,
-        precision=a.precision,
-        workers=a.workers,
-        rank=a.rank,
-        world_size=a.world_size,
-        progress=not a.no_progress,
-    )
+    return parse_config("python -m pipeline.embed", __doc__, EmbedConfig, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    try:
-        cfg = parse_args(argv)
-        summary = run(cfg)
-    except (FileNotFoundError, ValueError, ClipWeightsUnavailable) as e:
-        raise SystemExit(f"pipeline.embed: error: {e}") from e
-    print(json.dumps({"embed": summary}), file=sys.stderr)
-    return summary
+    known = (FileNotFoundError, ValueError, ClipWeightsUnavailable)
+    return stage_main("pipeline.embed", lambda: parse_args(argv), run, known, "embed")
 
 
 if __name__ == "__main__":

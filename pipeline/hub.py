@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.dataset import DatasetDir
+from pipeline.embeddings import file_metadata
 from pipeline.metadata import FLAG_NAMES
 
 DATA_DIR = "data"  # annotation Parquet by default; the WebDataset tars with --include-images
@@ -108,11 +108,6 @@ def json_member_type(structured: list[str] | None) -> pa.StructType:
     return pa.struct([*annotation_fields(structured), pa.field("meta_version", pa.int32())])
 
 
-def _clip_meta(path: Path) -> tuple[pa.Schema, dict[str, str]]:
-    schema = pq.read_schema(path)
-    return schema, {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-
-
 def published_schema(
     ds: DatasetDir, tags: list[str], first_shard: int, structured: list[str] | None, facts: dict[str, Any]
 ) -> pa.Schema:
@@ -120,7 +115,8 @@ def published_schema(
     fields = annotation_fields(structured)
     clip: dict[str, Any] = {}
     for tag in tags:
-        schema, meta = _clip_meta(ds.embeddings_path(tag, first_shard))
+        path = ds.embeddings_path(tag, first_shard)
+        schema, meta = pq.read_schema(path), file_metadata(path)
         columns = []
         for f in schema:
             if f.name != "key":

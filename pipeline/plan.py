@@ -57,10 +57,18 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def _clear(ds: DatasetDir) -> None:
-    ds.plan_path.unlink(missing_ok=True)
-    for folder in (ds.shards_dir, ds.stats_dir, ds.errors_dir, ds.embeddings_root):
-        shutil.rmtree(folder, ignore_errors=True)
-    (ds.root / "README.md").unlink(missing_ok=True)
+    """Delete an old dataset for --overwrite. The stats go first, so a delete that fails part-way leaves
+    no shard marked done; any failure stops the run with what could not be deleted."""
+    try:
+        for folder in (ds.stats_dir, ds.shards_dir, ds.errors_dir, ds.embeddings_root):
+            if folder.exists():
+                shutil.rmtree(folder)
+        ds.plan_path.unlink(missing_ok=True)
+        (ds.root / "README.md").unlink(missing_ok=True)
+    except OSError as e:
+        raise PlanMismatch(
+            f"--overwrite could not delete the old dataset in {ds.root}: {e}; nothing was captioned"
+        ) from e
 
 
 def load_or_create_plan(

@@ -22,12 +22,10 @@ The token comes from HF_TOKEN or the saved login, through huggingface_hub; it is
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -39,7 +37,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.card import dataset_facts, embedding_tags, render_card, section
+from pipeline.cli import parse_config, stage_main
 from pipeline.dataset import DatasetDir, atomic_write_bytes, dumps_json
+from pipeline.embeddings import EmbeddingsInvalid, read_embeddings
 from pipeline.hub import (
     ANNOTATIONS_DIR,
     ASSETS_DIR,
@@ -56,6 +56,14 @@ MARKER = ".alphaface-stage"  # marks a folder publish made, so only such a folde
 DATASET_ENTRIES = ("plan.json", "shards", "stats", "errors", "embeddings", "README.md", ASSETS_DIR)
 MAX_PROBLEMS_SHOWN = 20
 FILES_SHOWN = 40  # the dry-run plan lists every file up to this many, then a summary per folder
+
+
+class StepFailed(RuntimeError):
+    """An OSError (disk, network, Hub) in one named step of publishing."""
+
+    def __init__(self, step: str, error: OSError) -> None:
+        super().__init__(f"{step} failed: {type(error).__name__}: {error}")
+        self.step = step
 
 
 class ValidationFailed(ValueError):
@@ -183,7 +191,6 @@ def _embeddings(
     ds: DatasetDir, tag: str, index: int, keys: list[str], expected: pa.Schema, problems: list[str]
 ) -> pa.Table | None:
     """One tag's embeddings of one shard, verified by pipeline.embed's reader, in the shard's key order."""
-    from pipeline.embed import EmbeddingsInvalid, read_embeddings
 
     path = ds.embeddings_path(tag, index)
     where = f"embeddings/{tag}/{index:06d}.parquet"
@@ -366,27 +373,39 @@ def format_plan(cfg: PublishConfig, summary: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- upload
 
 
+@contextlib.contextmanager
+def _step(name: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:  # Hub and network errors are OSErrors too (offline mode, 401, 403, ...)
+        raise StepFailed(name, e) from e
+
+
 def upload(cfg: PublishConfig, stage: Path, gate: bool) -> None:
     """Create the repo (private, or gated before any image arrives), then upload the staged folder."""
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(cfg.repo_id, repo_type="dataset", private=cfg.private, exist_ok=True)
-    info = api.repo_info(cfg.repo_id, repo_type="dataset")
+    with _step(f"upload: creating the repo {cfg.repo_id}"):
+        api.create_repo(cfg.repo_id, repo_type="dataset", private=cfg.private, exist_ok=True)
+        info = api.repo_info(cfg.repo_id, repo_type="dataset")
     if cfg.private and not info.private:
         raise ValueError(
             f"{cfg.repo_id} already exists and is public, so --private cannot be honoured; "
             "make it private on the Hub first, or publish elsewhere"
         )
     if gate and not info.private and not info.gated:
-        api.update_repo_settings(cfg.repo_id, repo_type="dataset", gated="manual")
+        with _step("upload: gating the repo (manual approval)"):
+            api.update_repo_settings(cfg.repo_id, repo_type="dataset", gated="manual")
     if cfg.revision:
-        api.create_branch(cfg.repo_id, branch=cfg.revision, repo_type="dataset", exist_ok=True)
+        with _step(f"upload: creating the branch {cfg.revision}"):
+            api.create_branch(cfg.repo_id, branch=cfg.revision, repo_type="dataset", exist_ok=True)
     common = {"repo_id": cfg.repo_id, "folder_path": stage, "repo_type": "dataset", "revision": cfg.revision}
-    if hasattr(api, "upload_large_folder"):  # huggingface_hub < 2: the resumable multi-commit uploader
-        api.upload_large_folder(**common, private=cfg.private, ignore_patterns=[MARKER])
-    else:  # huggingface_hub >= 2 folded it into upload_folder (streamed, multi-commit, resumable with hf_xet)
-        api.upload_folder(**common, ignore_patterns=[MARKER], commit_message=f"Publish {cfg.dataset.name}")
+    with _step("upload: sending the staged files"):
+        if hasattr(api, "upload_large_folder"):  # huggingface_hub < 2: the resumable multi-commit uploader
+            api.upload_large_folder(**common, private=cfg.private, ignore_patterns=[MARKER])
+        else:  # huggingface_hub >= 2 folded it into upload_folder (streamed, multi-commit, resumable with hf_xet)
+            api.upload_folder(**common, ignore_patterns=[MARKER], commit_message=f"Publish {cfg.dataset.name}")
 
 
 # ---------------------------------------------------------------- the stage
@@ -406,28 +425,29 @@ def run(cfg: PublishConfig) -> dict[str, Any]:
 
     info = source_info(plan)
     restricted = cfg.include_images and not info.images_redistributable
-    stage.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stage.name}.", suffix=".tmp", dir=stage.parent))
-    try:
-        (tmp / MARKER).write_text(json.dumps({"dataset": str(ds.root.resolve())}) + "\n", encoding="utf-8")
-        problems, samples = build(ds, plan, tags, facts, tmp, cfg.include_images)
-        if problems:
-            raise ValidationFailed(ds.root, problems)
-        card = render_card(
-            ds.root,
-            include_images=cfg.include_images,
-            clip_tags=tags,
-            repo_id=cfg.repo_id,
-            assets_dir=tmp / ASSETS_DIR,
-            template=cfg.template,
-            facts=facts,
-        )
-        atomic_write_bytes(tmp / "README.md", card.encode("utf-8"))
-        replace_stage(tmp, stage)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
-        raise
+    with _step(f"staging into {stage} (local disk)"):
+        stage.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stage.name}.", suffix=".tmp", dir=stage.parent))
+        try:
+            (tmp / MARKER).write_text(json.dumps({"dataset": str(ds.root.resolve())}) + "\n", encoding="utf-8")
+            problems, samples = build(ds, plan, tags, facts, tmp, cfg.include_images)
+            if problems:
+                raise ValidationFailed(ds.root, problems)
+            card = render_card(
+                ds.root,
+                include_images=cfg.include_images,
+                clip_tags=tags,
+                repo_id=cfg.repo_id,
+                assets_dir=tmp / ASSETS_DIR,
+                template=cfg.template,
+                facts=facts,
+            )
+            atomic_write_bytes(tmp / "README.md", card.encode("utf-8"))
+            replace_stage(tmp, stage)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(tmp)
+            raise
 
     files = staged_files(stage)
     summary: dict[str, Any] = {
@@ -463,38 +483,13 @@ def run(cfg: PublishConfig) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> PublishConfig:
-    p = argparse.ArgumentParser(prog="python -m pipeline.publish", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, type=Path)
-    p.add_argument("--repo-id", required=True, help="USER/NAME of the Hub dataset repo")
-    p.add_argument("--include-images", action="store_true", help="publish the WebDataset tars (images) too")
-    p.add_argument("--private", action="store_true", help="create the repo private")
-    p.add_argument("--stage-dir", type=Path, default=None, help="where to build the Hub layout (default DATASET/hub)")
-    p.add_argument("--dry-run", action="store_true", help="validate, stage and print the plan; upload nothing")
-    p.add_argument("--revision", default=None, help="branch to upload to (created if missing)")
-    p.add_argument("--clip-tag", action="append", default=[], help="CLIP tag to publish (repeatable; default: all)")
-    p.add_argument("--template", type=Path, default=None, help="card template (default: by source)")
-    a = p.parse_args(argv)
-    return PublishConfig(
-        dataset=a.dataset,
-        repo_id=a.repo_id,
-        clip_tags=tuple(a.clip_tag),
-        include_images=a.include_images,
-        private=a.private,
-        revision=a.revision,
-        template=a.template,
-        stage_dir=a.stage_dir,
-        dry_run=a.dry_run,
-    )
+    return parse_config("python -m pipeline.publish", __doc__, PublishConfig, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    try:
-        summary = run(parse_args(argv))
-    except (FileNotFoundError, ValueError) as e:  # ValidationFailed and IncompleteDataset included
-        raise SystemExit(f"pipeline.publish: error: {e}") from e
-    except OSError as e:  # Hub and network errors (offline mode, 401, 403, ...); they never hold the token
-        raise SystemExit(f"pipeline.publish: upload failed: {type(e).__name__}: {e}") from e
-    print(json.dumps({"publish": {k: v for k, v in summary.items() if k != "files"}}), file=sys.stderr)
+    # ValidationFailed and IncompleteDataset are ValueErrors; StepFailed names the step and never holds the token
+    known = (FileNotFoundError, ValueError, StepFailed)
+    summary = stage_main("pipeline.publish", lambda: parse_args(argv), lambda cfg: run(cfg), known, "publish")
     return summary
 
 

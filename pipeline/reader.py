@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 from PIL import Image
@@ -43,7 +42,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.dataset import DatasetDir, clip_tag
 from pipeline.distributed import resolve_rank
-from pipeline.embed import EmbeddingsInvalid, attribute_column, read_embeddings
+from pipeline.embeddings import EmbeddingsInvalid, attribute_column, check_tag, read_embeddings
 from pipeline.shards import iter_shard
 
 IMAGE_TYPES = ("tensor", "pil")
@@ -156,20 +155,8 @@ def find_shards(cfg: ReaderConfig) -> list[ShardRef]:
                 )
             refs.append(ref)
         if done:  # the footer alone: refuse another model's embeddings before any worker starts
-            _check_tag(refs[-1].parquet, cfg.tag)
+            check_tag(refs[-1].parquet, cfg.tag)
     return refs
-
-
-def _check_tag(path: Path, tag: str) -> dict[str, str]:
-    try:
-        meta = {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items()}
-    except (OSError, ValueError) as e:
-        raise EmbeddingsInvalid(f"{path} is unreadable (a partial or damaged file; rerun make embed): {e}") from e
-    if meta.get("clip_tag") != tag:
-        raise EmbeddingsInvalid(
-            f"{path} holds embeddings of {meta.get('clip_tag')!r}, not of the requested CLIP {tag!r}; refused"
-        )
-    return meta
 
 
 class _ShardRows:
@@ -415,7 +402,7 @@ class FaceReader(IterableDataset):
     def _attribute_names(self) -> list[str]:
         names: list[str] | None = None
         for ref in self.shards:
-            found = json.loads(_check_tag(ref.parquet, self.config.tag).get("attributes", "[]"))
+            found = json.loads(check_tag(ref.parquet, self.config.tag).get("attributes", "[]"))
             if names is not None and found != names:
                 raise EmbeddingsInvalid(f"{ref.parquet} has attributes {found}, other shards {names}")
             names = found
@@ -439,9 +426,9 @@ class FaceReader(IterableDataset):
             random.Random(f"{self.config.seed}/{epoch}").shuffle(order)
         return order
 
-    def rank_shards(self, epoch: int) -> list[ShardRef]:
-        """This rank's shards for `epoch`: every world_size-th of the epoch's order."""
-        return self.epoch_shards(epoch)[self.rank :: self.world_size]
+    def rank_shards(self, epoch: int, rank: int | None = None) -> list[ShardRef]:
+        """A rank's shards for `epoch` (this rank's by default): every world_size-th of the epoch's order."""
+        return self.epoch_shards(epoch)[self.rank if rank is None else rank :: self.world_size]
 
     def num_samples(self, epoch: int | None = None) -> int:
         """Samples this rank reads in `epoch` (ranks can differ by up to a shard)."""
@@ -452,9 +439,9 @@ class FaceReader(IterableDataset):
         order = self.epoch_shards(self.epoch if epoch is None else epoch)
         return [sum(r.num_samples for r in order[k :: self.world_size]) for k in range(self.world_size)]
 
-    def worker_items(self, epoch: int, num_workers: int) -> list[int]:
-        """Items (batches, or samples) each DataLoader worker of this rank yields in `epoch`."""
-        shards = self.rank_shards(epoch)
+    def worker_items(self, epoch: int, num_workers: int, rank: int | None = None) -> list[int]:
+        """Items (batches, or samples) each DataLoader worker of a rank (this one by default) yields in `epoch`."""
+        shards = self.rank_shards(epoch, rank)
         out = []
         for w in range(max(num_workers, 1)):
             n = sum(r.num_samples for r in shards[w :: max(num_workers, 1)])

@@ -9,7 +9,7 @@
   `OpenGVLab/InternVL3-*-hf`, and keeps the real image path: 448-pixel tiles, 14-pixel patches,
   pixel shuffle to 256 tokens per tile. Only the widths and depths are tiny.
 - `DIR/clip-tiny.json`: a tiny open_clip model config (standard 77-token context and 49408-token
-  vocabulary, so open_clip's own tokenizer applies). Build it with `load_clip_config` below, then
+  vocabulary, so open_clip's own tokenizer applies). Register it with `pipeline.clip_tower.register_model_config`, then
   `open_clip.create_model(name)` / `open_clip.get_tokenizer(name)`.
 
 The weights are random: whatever these models write is noise, not a description of the image.
@@ -224,21 +224,6 @@ def write_clip_tiny(path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(CLIP_TINY_CONFIG, indent=2) + "\n")
     return path
-
-
-def load_clip_config(path: str | Path) -> tuple[str, dict[str, Any]]:
-    """Register an open_clip config file and return (model_name, config).
-
-    Afterwards `open_clip.create_model(model_name)` builds it with random weights (no download,
-    since no `pretrained` tag is given) and `open_clip.get_tokenizer(model_name)` returns CLIP's
-    tokenizer with its 77-token context.
-    """
-    import open_clip
-
-    path = Path(path)
-    cfg = json.loads(path.read_text())
-    open_clip.add_model_config(path)
-    return path.stem, cfg
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
@@ -34,6 +35,7 @@ STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 GENERATOR_FILE = "generator.safetensors"
 GENERATOR_FORMAT = "alphaface-generator/1"
+SPEC_KEY = "alphaface_spec"  # the generator spec, as JSON, in the safetensors header
 _NAME = re.compile(r"step_(\d{7,})")
 
 
@@ -149,13 +151,28 @@ def generator_spec(cfg: TrainConfig, config: GeneratorConfig, step: int, ema: bo
 
 
 def save_generator(folder: Path, state: dict[str, Tensor], spec: dict[str, Any]) -> Path:
+    """The weights and their spec as one file, written atomically: the spec is in the safetensors header,
+    so no crash can pair new weights with an old spec. `generator.json` beside it is a readable copy."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / GENERATOR_FILE
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-    atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"format": GENERATOR_FORMAT}))
+    metadata = {"format": GENERATOR_FORMAT, SPEC_KEY: json.dumps(spec, sort_keys=True)}
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
     atomic_write_json(path.with_suffix(".json"), spec)
     return path
+
+
+def read_generator_spec(path: Path) -> dict[str, Any]:
+    """The spec of a generator file: the one inside it; for files written before that, the `.json` beside."""
+    with safe_open(str(path), framework="pt") as f:
+        embedded = (f.metadata() or {}).get(SPEC_KEY)
+    if embedded is not None:
+        return json.loads(embedded)
+    spec_path = Path(path).with_suffix(".json")
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{path} holds no spec and has no {spec_path.name} beside it")
+    return json.loads(spec_path.read_text(encoding="utf-8"))
 
 
 def spec_config(spec: dict[str, Any]) -> GeneratorConfig:

@@ -45,14 +45,6 @@ class ClipImageTower(nn.Module):
         self.requires_grad_(False)
         super().train(False)
 
-    @classmethod
-    def from_pretrained(cls, model_name: str, pretrained: str | None) -> ClipImageTower:
-        """Load e.g. ``("ViT-B-32", "openai")``, or a local checkpoint path as ``pretrained``; it must
-        be the model whose text embeddings were cached (the Parquet metadata names it)."""
-        import open_clip
-
-        return cls(open_clip.create_model(model_name, pretrained=pretrained))
-
     def train(self, mode: bool = True) -> ClipImageTower:
         return super().train(False)  # frozen
 

@@ -1,8 +1,9 @@
 """The trainer's one config: a frozen dataclass, YAML presets with `base:` inheritance, `--set` overrides.
 
-    training/configs/alphaface.yaml       the full default: the official recipe (DESIGN §7), every field
-    training/configs/alphaface-fast.yaml  base: alphaface.yaml, plus only what differs
-    training/configs/demo.yaml            base: alphaface-fast.yaml, tiny and CPU-sized
+    training/configs/alphaface.yaml           the full default: the official code exactly (docs/official.md)
+    training/configs/alphaface-improved.yaml  base: alphaface.yaml, plus what we do better
+    training/configs/alphaface-fast.yaml      base: alphaface-improved.yaml, plus our fast generator
+    training/configs/demo.yaml                base: alphaface-fast.yaml, tiny and CPU-sized
 
 `load_config(path, overrides=["loss.adv_start_step=0", "lr_g=2e-4"])` reads a preset, follows its
 `base:` chain (paths relative to the file), deep-merges the mapping fields (`loss`, `pairs`,
@@ -23,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.embeddings import resolve_clip
 from training.losses import LossConfig
 from training.models import GENERATOR_PRESETS, DiscriminatorConfig, GeneratorConfig
 
@@ -73,7 +75,7 @@ class TrainConfig:
 
     # --- data
     image_size: int = 256  # square side images are decoded to; the generator presets are designed for 256
-    batch_size: int = 16  # pairs per process per micro-step; both directions make 2x this many swaps
+    batch_size: int = 2  # pairs per process per micro-step; both directions make 2x this many swaps (official 2)
     grad_accum_steps: int = 1  # micro-steps per optimiser step
     num_workers: int = 4  # DataLoader workers per process (decode + join in the reader)
     shuffle_buffer: int = 2048  # samples each worker shuffles over; shards are identity-sorted, so keep it large
@@ -87,6 +89,7 @@ class TrainConfig:
     generator: str = "alphaface"  # preset: alphaface (official) | alphaface-fast | tiny
     generator_overrides: dict[str, Any] = field(default_factory=dict)  # GeneratorConfig fields, e.g. caii_mode
     discriminator: dict[str, Any] = field(default_factory=dict)  # DiscriminatorConfig fields (image_size is ours)
+    init_from: str | None = None  # generator folder (a run's final/, training.convert's DIR) to start G from
 
     # --- frozen networks and their weights (real training needs all of them)
     id_arch: str = "r50"  # ArcFace IResNet: r50 (official, w600k) | r100 | tiny (random only)
@@ -95,8 +98,8 @@ class TrainConfig:
     use_emap: bool = True  # false: plain normalised ArcFace embeddings, no emap needed
     vgg_weights: str | None = None  # torchvision vgg16-397923af.pth (or .safetensors) for the perceptual loss
     vgg_input_size: int = 224  # VGG16 input side (official 224)
-    clip_model: str = "ViT-B-32"  # open_clip name or model-config JSON, as given to embed --clip-model
-    clip_pretrained: str = "openai"  # open_clip tag or checkpoint path, as given to embed --pretrained
+    clip_model: str = "auto"  # auto: the CLIP the data was embedded with; or as given to embed --clip-model
+    clip_pretrained: str = "auto"  # auto (with clip_model auto); or as given to embed --pretrained
     allow_random_weights: bool = False  # demo/tests only: random frozen networks where weights are missing
 
     # --- losses (training.losses.LossConfig: weights, adversarial schedule, variants)
@@ -110,8 +113,8 @@ class TrainConfig:
     lr_step: int = 20_000  # StepLR period, in optimiser steps
     lr_gamma: float = 0.97  # StepLR factor
     grad_clip: float = 1.0  # max gradient norm per network; 0 disables
-    mixed_precision: str = "bf16"  # no | fp16 | bf16 (Accelerate autocast; fp16 adds loss scaling)
-    ema_decay: float = 0.999  # EMA of the generator's weights (exported at the end); 0 disables
+    mixed_precision: str = "no"  # no (fp32, official) | fp16 | bf16 (Accelerate autocast; fp16 adds loss scaling)
+    ema_decay: float = 0.0  # EMA of the generator's weights (exported at the end); 0 (official) disables
 
     # --- logging and checkpoints
     log_every: int = 50  # steps between metric lines (TensorBoard + stats.jsonl)
@@ -152,6 +155,8 @@ class TrainConfig:
             raise ValueError("id_arch tiny is a random test network: allow_random_weights: true and no id_weights")
         if not self.clip_model or not self.clip_pretrained:
             raise ValueError("clip_model and clip_pretrained must name the CLIP the dataset was embedded with")
+        if (self.clip_model == "auto") != (self.clip_pretrained == "auto"):
+            raise ValueError("clip_model and clip_pretrained are auto together, or both set (as given to embed)")
         if not (self.lr_g > 0 and self.lr_d > 0 and self.weight_decay >= 0 and 0 < self.lr_gamma <= 1):
             raise ValueError("need lr_g, lr_d > 0, weight_decay >= 0 and 0 < lr_gamma <= 1")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -203,6 +208,13 @@ class TrainConfig:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise MissingWeights(f"{name}: {path} does not exist or is not a file")
+
+    def with_dataset_clip(self) -> TrainConfig:
+        """`clip_model: auto` resolved to the CLIP that pipeline.embed recorded beside the data."""
+        if self.clip_model != "auto":
+            return self
+        model, pretrained = resolve_clip([Path(d) for d in self.data])
+        return dataclasses.replace(self, clip_model=model, clip_pretrained=pretrained)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe values (tuples become lists, the loss config a mapping)."""

@@ -43,8 +43,3 @@ class EMA:
         device = next(iter(self.shadow.values())).device
         self.shadow = {k: v.to(device=device, dtype=torch.float32).clone() for k, v in state.items()}
 
-    def copy_to(self, model: nn.Module) -> nn.Module:
-        """Load the averaged weights into `model` (a module of the same architecture)."""
-        state = model.state_dict()
-        model.load_state_dict({k: self.shadow[k].to(v.dtype) if k in self.shadow else v for k, v in state.items()})
-        return model

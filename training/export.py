@@ -1,22 +1,23 @@
 """Export a trained generator to ONNX.
 
-    python -m training.export --checkpoint RUN_DIR_OR_GENERATOR_FILE --onnx OUT.onnx [--opset 18] [--verify]
+    python -m training.export --checkpoint RUN_DIR_OR_GENERATOR_FILE --onnx OUT.onnx [--opset 18] \
+        [--verify] [--tolerance 1e-4]
 
 The graph is the generator alone: inputs `target` (B, 3, S, S) in [0, 1] and `id_embedding`
 (B, 512), L2-normalised (the identity encoder's output, computed outside), output `swap`
 (B, 3, S, S) in [0, 1]; S is the run's image size (256 for the real presets) and the batch is
 dynamic. The generator spec (preset, config, identity encoder, step) is stored as the model's
-`alphaface_spec` metadata. `--verify` runs onnxruntime against torch on a random batch.
+`alphaface_spec` metadata. `--verify` runs onnxruntime against torch on a random batch and fails
+(exit status 2) when any output pixel differs by more than `--tolerance` (default 1e-4 on outputs in
+[0, 1]: fp32 kernels differ by about 1e-6 here; a wrong graph differs by far more).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.cli import parse_config, stage_main
+from pipeline.dataset import atomic_write_bytes
 from training.swap import load_generator
 
 INPUTS = ("target", "id_embedding")
@@ -31,14 +34,13 @@ OUTPUT = "swap"
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dict[str, Any]:
-    """Write the ONNX file (temporary name, then os.replace); returns the spec and the path."""
+    """Write the ONNX file atomically (nothing is left when the export fails); returns the spec and path."""
     generator, spec = load_generator(checkpoint, "cpu")
     size = int(spec["image_size"])
     example = (torch.rand(2, 3, size, size), F.normalize(torch.randn(2, generator.config.id_dim), dim=1))
     batch = torch.export.Dim("batch", min=1, max=4096)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.onnx")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*axis name: batch will not be used.*")
         program = torch.onnx.export(
@@ -53,8 +55,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dic
             verbose=False,
         )
     program.model.metadata_props["alphaface_spec"] = json.dumps(spec, sort_keys=True)
-    program.save(str(tmp))
-    os.replace(tmp, out)
+    atomic_write_bytes(out, program.model_proto.SerializeToString())  # a failed export leaves no file
     return {"onnx": str(out), "opset": opset, "image_size": size, "spec": spec}
 
 
@@ -74,22 +75,48 @@ def verify(checkpoint: str | Path, onnx_path: str | Path, batch: int = 3, seed: 
     return float(np.abs(ours - ref).max())
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, type=Path, help="RUN_DIR, its final/, a checkpoint, or a file")
-    p.add_argument("--onnx", required=True, type=Path, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--verify", action="store_true", help="compare onnxruntime with torch on a random batch")
-    a = p.parse_args(argv)
+class VerifyFailed(ValueError):
+    """onnxruntime and torch disagree past the tolerance."""
+
+
+def verify_export(checkpoint: str | Path, onnx_path: str | Path, tolerance: float) -> float:
+    """`verify`, raising VerifyFailed past `tolerance`; returns the difference."""
+    diff = verify(checkpoint, onnx_path)
+    if not diff <= tolerance:  # NaN fails too
+        raise VerifyFailed(f"onnxruntime differs from torch by {diff:.3g} (> --tolerance {tolerance:g}) on {onnx_path}")
+    return diff
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Path  # RUN_DIR, its final/, a checkpoint, or a generator file
+    onnx: Path  # the .onnx file to write
+    opset: int = 18  # ONNX opset
+    verify: bool = False  # compare onnxruntime with torch on a random batch
+    tolerance: float = 1e-4  # --verify fails when the largest difference exceeds this
+
+    def __post_init__(self) -> None:
+        if self.tolerance <= 0:
+            raise ValueError("--tolerance must be > 0")
+
+
+def run(cfg: ExportConfig) -> dict[str, Any]:
     start = time.perf_counter()
-    try:
-        summary = export_onnx(a.checkpoint, a.onnx, a.opset)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"training.export: error: {e}") from e
-    if a.verify:
-        summary["max_abs_diff"] = verify(a.checkpoint, a.onnx)
+    summary = export_onnx(cfg.checkpoint, cfg.onnx, cfg.opset)
+    if cfg.verify:
+        summary["max_abs_diff"] = verify_export(cfg.checkpoint, cfg.onnx, cfg.tolerance)
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    print(json.dumps({"export": {k: v for k, v in summary.items() if k != "spec"}}), file=sys.stderr)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    summary = stage_main(
+        "training.export",
+        lambda: parse_config("python -m training.export", __doc__, ExportConfig, argv),
+        run,
+        (FileNotFoundError, ValueError),
+        "export",
+    )
     return summary
 
 

@@ -8,7 +8,8 @@
     reader (shards + cached CLIP embeddings) -> pairs -> G phase -> D phase -> EMA -> logs, samples, checkpoints
 
 One loop (`run`), two phases per micro-step: G (every generator term of AlphaFaceLoss, both swap
-directions) then D (LSGAN on real targets and the G phase's detached swaps). Accelerate does mixed
+directions) then D (LSGAN on real targets and the G phase's detached swaps; officially only from
+`loss.adv_start_step` on, before which D and its schedule are left untouched). Accelerate does mixed
 precision, gradient accumulation and DDP; the reader splits the data by rank itself. Everything a
 run writes goes under RUN_DIR (see README, "Training"):
 
@@ -17,7 +18,7 @@ run writes goes under RUN_DIR (see README, "Training"):
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import os
@@ -29,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import gather_object, set_seed
@@ -37,8 +37,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from pipeline.cli import OneLineParser, fail
+from pipeline.clip_tower import load_clip
 from pipeline.dataset import atomic_open, atomic_write_bytes
-from pipeline.embed import EmbeddingsInvalid, load_clip
+from pipeline.embeddings import EmbeddingsInvalid
 from pipeline.reader import FaceReader, MissingEmbeddings
 from training.checkpoint import (
     generator_spec,
@@ -53,10 +55,9 @@ from training.config import MissingWeights, TrainConfig, load_config
 from training.data import BatchStream, Position, draw_pairing, make_swap_batch, reader_config, step_rng
 from training.ema import EMA
 from training.losses import AlphaFaceLoss, LossOutput
-from training.models import IdentityEncoder, IResNet, build_discriminator, build_generator, build_iresnet
+from training.models import IdentityEncoder, build_discriminator, build_generator
+from training.models.identity import TINY_ID, build_identity  # noqa: F401  (TINY_ID: re-exported)
 from training.perceptual import VGGPerceptual
-
-TINY_ID = {"layers": (1, 1, 1, 1), "widths": (8, 16, 16, 32)}  # id_arch "tiny": demo and tests only
 
 
 class NonFiniteLoss(RuntimeError):
@@ -65,38 +66,6 @@ class NonFiniteLoss(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------
 # Frozen networks
-
-
-def build_identity(
-    arch: str,
-    weights: str | None,
-    emap: str | None,
-    use_emap: bool = True,
-    allow_random: bool = False,
-    seed: int = 0,
-) -> IdentityEncoder:
-    """The frozen identity encoder: real ArcFace weights, or (allow_random) a seeded random IResNet.
-
-    A random IResNet has its BatchNorm statistics calibrated on random images (one pass, momentum
-    1), so different faces get different embeddings; the same seed always gives the same network,
-    which lets swap rebuild the encoder a demo run trained with.
-    """
-    matrix_path = emap if use_emap else None
-    if weights:
-        return IdentityEncoder.from_files(arch, weights, matrix_path)
-    if not allow_random:
-        raise MissingWeights("the identity encoder needs id_weights (an arcface_torch IResNet checkpoint)")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        backbone = IResNet(**TINY_ID) if arch == "tiny" else build_iresnet(arch)
-        for m in backbone.modules():
-            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-                m.momentum = 1.0
-        coarse = torch.rand(16, 3, 8, 8)
-        with torch.no_grad():
-            backbone.train()(F.interpolate(coarse, size=backbone.input_size, mode="bilinear") * 2 - 1)
-    matrix = np.load(matrix_path, allow_pickle=False) if matrix_path else None
-    return IdentityEncoder(backbone.eval(), matrix)
 
 
 def build_frozen(cfg: TrainConfig) -> tuple[IdentityEncoder, ClipImageTower | None, VGGPerceptual | None]:
@@ -196,11 +165,11 @@ def _release_accelerate_state() -> None:
 
 def run(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train until `config.max_steps`; returns a summary. See the module docstring."""
-    cfg = config
-    if not cfg.data:
+    if not config.data:
         raise ValueError("no training data: pass --data DATASET (or data: in the config)")
-    if not cfg.output:
+    if not config.output:
         raise ValueError("no run directory: pass --output RUN_DIR")
+    cfg = config.with_dataset_clip()
     cfg.check_weights()  # before anything heavy: missing real weights are refused here
     run_dir = Path(cfg.output)
     accelerator = Accelerator(
@@ -248,6 +217,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
     G = build_generator(cfg.generator, **cfg.generator_overrides)
     if cfg.image_size % G.config.stride:
         raise ValueError(f"image_size {cfg.image_size} is not a multiple of the generator's stride {G.config.stride}")
+    if cfg.init_from and start_ckpt is None:  # fine-tune from a generator folder (resume restores its own)
+        _init_generator(G, cfg.init_from)
     D = build_discriminator(**{"image_size": cfg.image_size, **cfg.discriminator})
     identity, clip, vgg = build_frozen(cfg)
     opt_g = torch.optim.AdamW(G.parameters(), lr=cfg.lr_g, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -262,7 +233,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
     loss_g = AlphaFaceLoss(cfg.loss, G, identity, D_raw, clip, vgg).to(device)
     loss_d = AlphaFaceLoss(cfg.loss, G, identity, D, clip, vgg)
     # The phases, in order, with their own network and optimiser (stylegan3's loop over phases);
-    # D trains throughout, also before the G adversarial term switches on at loss.adv_start_step.
+    # D runs (and its StepLR counts) only on steps where loss_g.d_active: officially from
+    # loss.adv_start_step on, so the adversarial phase starts against a fresh D at its initial lr.
     phases = [("G", loss_g, G, opt_g)] + ([("D", loss_d, D, opt_d)] if cfg.loss.adv_weight else [])
 
     # --- resume: models, optimisers, schedulers, RNG (accelerate), EMA and data position (ours)
@@ -308,6 +280,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
                 with accelerator.accumulate(G, D):  # DDP syncs and the optimisers step on the last micro-step
                     fake = None
                     for phase, loss, net, opt in phases:
+                        if phase == "D" and not loss_g.d_active(step):
+                            continue  # D untouched before the adversarial phase (official)
                         D_raw.requires_grad_(phase == "D")  # the G phase's adversarial term must not train D
                         with accelerator.autocast():
                             out = loss(phase, batch, step, fake=fake)
@@ -322,7 +296,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
                         meter.add(out.terms)
                         fake = out.swap  # the D phase judges the G phase's (detached) swaps
             sched_g.step()
-            sched_d.step()
+            if loss_g.d_active(step):
+                sched_d.step()
             step += 1
             if ema is not None:
                 ema.update(G_raw, step)
@@ -414,14 +389,23 @@ def _check_grad(norm: torch.Tensor | None, net: str, step: int, cfg: TrainConfig
 
 
 def _check_enough_data(reader: FaceReader, cfg: TrainConfig, world: int) -> None:
-    """Every rank must get full batches in every epoch, or the others would wait for it forever."""
-    fewest = min(sum(reader.worker_items(epoch, cfg.num_workers)) for epoch in range(8))  # shard order varies
-    if min(gather_object([fewest])) == 0:
-        raise ValueError(
-            f"the data is too small: some process gets no full batch of {cfg.batch_size} in an epoch "
-            f"({reader.num_samples(0)} samples on this one, {world} process(es) x {max(cfg.num_workers, 1)} "
-            "worker(s), each worker dropping its last partial batch); lower batch_size or num_workers, or add data"
-        )
+    """Every rank must get a full batch in every epoch it reaches before max_steps, or the others would wait
+    for it forever. Exact: the epoch orders depend on (seed, epoch) only, so each process walks every rank's
+    epochs itself, and all of them reach the same verdict without a collective."""
+    for rank in range(world):
+        steps, epoch = 0, 0
+        while steps < cfg.max_steps:
+            batches = sum(reader.worker_items(epoch, cfg.num_workers, rank))
+            if batches == 0:
+                samples = sum(r.num_samples for r in reader.rank_shards(epoch, rank))
+                raise ValueError(
+                    f"the data is too small: process {rank} gets no full batch of {cfg.batch_size} in epoch {epoch} "
+                    f"({samples} samples, {world} process(es) x {max(cfg.num_workers, 1)} worker(s), each worker "
+                    "dropping its last partial batch); lower batch_size or num_workers, or add data"
+                )
+            steps, epoch = steps + batches, epoch + 1
+            if not reader.config.shuffle:  # every epoch is the same
+                break
 
 
 def _check_replicas(G: torch.nn.Module, D: torch.nn.Module, step: int) -> list[dict[str, float]]:
@@ -435,6 +419,22 @@ def _check_replicas(G: torch.nn.Module, D: torch.nn.Module, step: int) -> list[d
     if any(g != gathered[0] for g in gathered):
         raise RuntimeError(f"ranks hold different weights at step {step}: {gathered}")
     return gathered
+
+
+def _init_generator(G: torch.nn.Module, path: str) -> None:
+    """Load a generator folder's weights (training.swap's --checkpoint forms) into G, strictly; its
+    GeneratorConfig must equal this run's, or the first differing field is named."""
+    from training.swap import load_generator
+
+    source, spec = load_generator(path)
+    ours, theirs = G.config, source.config
+    for name in (f.name for f in dataclasses.fields(ours)):
+        if getattr(ours, name) != getattr(theirs, name):
+            raise ValueError(
+                f"init_from {path}: its generator has {name}={getattr(theirs, name)!r}, this run's "
+                f"{getattr(ours, name)!r} (set generator / generator_overrides to match it)"
+            )
+    G.load_state_dict(source.state_dict(), strict=True)
 
 
 def _resume_position(
@@ -524,7 +524,7 @@ def _write_samples(
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=None, help="a preset in training/configs/ or a run's config.yaml")
     p.add_argument("--data", action="append", default=None, help="dataset directory (repeat for several)")
     p.add_argument("--output", default=None, help="RUN_DIR")
@@ -554,9 +554,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         cfg, resume = parse_args(argv)
+    except (ValueError, FileNotFoundError) as e:  # a bad --set, config value or config path
+        fail("training.train", str(e))
+    known = (MissingWeights, MissingEmbeddings, EmbeddingsInvalid, NonFiniteLoss, FileExistsError, FileNotFoundError)
+    try:
         summary = run(cfg, resume=resume)
-    except (MissingWeights, MissingEmbeddings, EmbeddingsInvalid, NonFiniteLoss, FileExistsError, ValueError) as e:
-        raise SystemExit(f"training.train: error: {e}") from e
+    except (*known, ValueError) as e:
+        fail("training.train", str(e))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"train": summary}), file=sys.stderr)
     return summary

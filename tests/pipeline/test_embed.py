@@ -25,8 +25,9 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.clip_tower import _encode_trimmed, _trimmable, load_clip
 from pipeline.dataset import DatasetDir, atomic_write_json, clip_tag
-from pipeline.embed import EmbedConfig, _encode_trimmed, _trimmable, load_clip, main, run
+from pipeline.embed import EmbedConfig, main, run
 from pipeline.prompts import ATTRIBUTES
 from pipeline.shards import iter_shard
 from tests.pipeline.conftest_embed import LONG_CAPTION, TINY_CLIP, embed_clip, make_dataset  # noqa: F401

@@ -239,7 +239,31 @@ def test_dry_run_prints_the_plan_and_only_a_real_run_reaches_for_the_hub(vgg, tm
     assert not (stage / ".cache").exists()  # the uploader never ran
 
     real = _cli(vgg, stage)
-    assert real.returncode != 0
-    assert "upload failed" in real.stderr and "offline" in real.stderr.lower()
+    assert real.returncode == 2
+    assert "upload: creating the repo someone/faces failed" in real.stderr and "offline" in real.stderr.lower()
+    assert len(real.stderr.strip().splitlines()) == 1
     for stream in (dry.stdout, dry.stderr, real.stdout, real.stderr):
         assert FAKE_TOKEN not in stream
+
+
+def test_a_local_disk_error_names_the_staging_step_not_the_upload(vgg, tmp_path, capsys):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the stage's parent folder should be")
+    with pytest.raises(SystemExit) as err:
+        _publish(vgg, blocker / "stage")
+    assert err.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"pipeline.publish: error: staging into {blocker / 'stage'} (local disk) failed: ")
+    assert "upload" not in line
+
+
+def test_make_publish_does_not_force_offline_mode(tmp_path):
+    """The Makefile leaves the Hub reachable for publish (and caption, embed, train): only tests and the demo
+    run offline. PY is swapped for a probe that prints the mode the module would see."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MAKEFLAGS")}
+    probe = f'{sys.executable} -c \'import os; print("mode", os.environ.get("HF_HUB_OFFLINE", "unset"))\''
+    out = subprocess.run(
+        ["make", "-s", "-o", "install", "publish", "DATASET=x", "REPO=a/b", f"PY={probe}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "mode unset" in out

@@ -20,8 +20,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from pipeline.dataset import DatasetDir, clip_tag
-from pipeline.embed import EmbeddingsInvalid
 from pipeline.embed import main as embed
+from pipeline.embeddings import EmbeddingsInvalid
 from pipeline.prompts import ATTRIBUTES
 from pipeline.reader import FaceReader, MissingEmbeddings, ReaderConfig, resume_point
 from pipeline.shards import UnsafeTarMember, iter_shard

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.tiny_models import build_tiny_internvl, load_clip_config, write_clip_tiny
+from pipeline.clip_tower import register_model_config
+from pipeline.tiny_models import build_tiny_internvl, write_clip_tiny
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,8 @@ def test_same_seed_same_weights(tmp_path, tiny_internvl):
 def test_clip_tiny_builds_offline(tiny_models_dir):
     import open_clip
 
-    name, cfg = load_clip_config(tiny_models_dir / "clip-tiny.json")
+    path = tiny_models_dir / "clip-tiny.json"
+    name, cfg = register_model_config(path), json.loads(path.read_text())
     assert name == "clip-tiny" and cfg["text_cfg"]["context_length"] == 77
     model = open_clip.create_model(name).eval()  # no `pretrained`: random weights, no download
     tokenizer = open_clip.get_tokenizer(name)

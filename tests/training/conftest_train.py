@@ -108,7 +108,7 @@ def demo_args(data: list[Path], out: Path, clip_json: Path, *extra: str, max_ste
     args = ["--config", str(DEMO_YAML), "--output", str(out), "--max-steps", str(max_steps)]
     for d in data:
         args += ["--data", str(d)]
-    sets = [f"clip_model={clip_json}", f"image_size={IMAGE_SIZE}", "vgg_input_size=32", "progress=false",
+    sets = [f"image_size={IMAGE_SIZE}", "vgg_input_size=32", "progress=false",
             "trackers=[]", "num_workers=0"]  # fmt: skip
     return [*args, "--set", *sets, *extra]
 

@@ -284,14 +284,14 @@ def test_bidirectional_caii_depends_on_target_statistics() -> None:
 
 def test_discriminator_patch_logits() -> None:
     torch.manual_seed(0)
-    d = build_discriminator()
+    d = build_discriminator(kind="patch")  # ours; the official one is pinned in test_official.py
     with torch.inference_mode():
         out = d(torch.rand(2, 3, 256, 256))
     assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
-    small = build_discriminator(image_size=64, base_channels=8, max_channels=16, num_down=3)
+    small = build_discriminator(kind="patch", image_size=64, base_channels=8, max_channels=16, num_down=3)
     assert small(torch.rand(1, 3, 64, 64)).shape == (1, 1, 8, 8)
     with pytest.raises(ValueError, match="multiple"):
-        build_discriminator(image_size=100)
+        build_discriminator(kind="patch", image_size=100)
 
 
 def test_tiny_identity_helper_is_frozen() -> None:

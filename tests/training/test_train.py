@@ -56,13 +56,15 @@ def test_official_preset_is_the_full_default_and_the_others_are_small_diffs():
     assert (loss.id_weight, loss.rec_weight, loss.perceptual_weight, loss.cycle_weight, loss.mask_weight) == (
         10, 0.5, 0.5, 0.5, 0.5,
     )  # fmt: skip
-    assert (loss.clip_id_weight, loss.clip_text_weight, loss.adv_weight, loss.adv_start_step) == (1, 1, 1, 200_000)
+    # adversarial phase when the official global_step > adv_sess (200000): 0-based step 200001 on
+    assert (loss.clip_id_weight, loss.clip_text_weight, loss.adv_weight, loss.adv_start_step) == (1, 1, 1, 200_001)
     assert official.pair_rates == {"random": 1.0, "same_identity": 0.0, "self": 0.0}
     assert not official.allow_random_weights
 
     fast = yaml.safe_load((CONFIGS / "alphaface-fast.yaml").read_text())
-    assert fast == {"base": "alphaface.yaml", "generator": "alphaface-fast"}
-    assert load_config(CONFIGS / "alphaface-fast.yaml") == TrainConfig(generator="alphaface-fast")
+    assert fast == {"base": "alphaface-improved.yaml", "generator": "alphaface-fast"}
+    improved = load_config(CONFIGS / "alphaface-improved.yaml")
+    assert load_config(CONFIGS / "alphaface-fast.yaml") == dataclasses.replace(improved, generator="alphaface-fast")
     # only demo.yaml allows random weights
     for path in CONFIGS.glob("*.yaml"):
         assert load_config(path).allow_random_weights == (path.name == "demo.yaml"), path
@@ -88,7 +90,7 @@ def test_overrides_are_parsed_as_yaml_never_evaluated(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\nloss: {rec_weight: 2}\n")
     (tmp_path / "b.yaml").write_text(f"base: {CONFIGS / 'alphaface.yaml'}\nloss: {{id_weight: 3}}\n")
     merged = load_config(tmp_path / "a.yaml").loss
-    assert (merged.id_weight, merged.rec_weight, merged.adv_start_step) == (3, 2, 200_000)
+    assert (merged.id_weight, merged.rec_weight, merged.adv_start_step) == (3, 2, 200_001)
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ValueError, match="cycle"):
         read_yaml(tmp_path / "a.yaml")
@@ -112,7 +114,10 @@ def test_missing_real_weights_are_refused_unless_random_is_allowed(tmp_path, tra
 def test_dataset_without_embeddings_names_the_fix(tmp_path, train_data, train_clip):  # noqa: F811
     bare = tmp_path / "bare"
     shutil.copytree(train_data, bare, ignore=shutil.ignore_patterns("embeddings"))
+    explicit = ["--set", f"clip_model={train_clip}", "clip_pretrained=none"]
     with pytest.raises(SystemExit, match=r"has no embeddings for CLIP train-test-clip__none .*make embed"):
+        main([*demo_args([bare], tmp_path / "run", train_clip), *explicit[1:]])
+    with pytest.raises(SystemExit, match=r"clip_model: auto found no CLIP tag common to the datasets .*none"):
         main(demo_args([bare], tmp_path / "run", train_clip))
 
 
@@ -226,10 +231,11 @@ def test_demo_run_writes_config_stats_samples_checkpoints_and_final(demo_run):  
     lines = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, RUN_STEPS + 1))
     names = ["Loss/G/id", "Loss/G/rec", "Loss/G/perceptual", "Loss/G/cycle", "Loss/G/clip_id", "Loss/G/clip_text",
-             "Loss/D/real", "Loss/D/fake", "Speed/samples_per_s", "Grad/G_norm", "LR/G"]  # fmt: skip
+             "Speed/samples_per_s", "Grad/G_norm", "LR/G"]  # fmt: skip
     for name in names:
         assert all(name in r for r in lines), name
-    assert ["Loss/G/adv" in r for r in lines] == [False, False, True, True, True]  # on from adv_start_step 2
+    for name in ("Loss/G/adv", "Loss/D/real", "Loss/D/fake"):  # on from adv_start_step 2; D untouched before
+        assert [name in r for r in lines] == [False, False, True, True, True], name
     assert [r["Data/epoch"] for r in lines] == [0, 0, 0, 0, 1]
     # sample grids: rows of (source | target | swap), the fixed pairs stored once
     grids = sorted(p.name for p in (run / "samples").glob("step_*.png"))
@@ -351,3 +357,10 @@ def test_torchrun_two_processes_train_and_export(tmp_path, train_data, mask_data
     acc.Reload()
     for tag in ("Loss/G/id", "Loss/G/adv", "Loss/D/real", "Speed/samples_per_s"):
         assert [e.step for e in acc.Scalars(tag)] == [1, 2], tag
+
+    # the two-process run's generator exports, and onnxruntime agrees with torch on it
+    from training import export
+
+    onnx_path = tmp_path / "generator.onnx"
+    summary = export.main(["--checkpoint", str(out), "--onnx", str(onnx_path), "--verify"])
+    assert onnx_path.is_file() and summary["spec"]["step"] == 2 and summary["max_abs_diff"] <= 1e-4

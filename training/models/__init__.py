@@ -1,6 +1,7 @@
 """AlphaFace models: identity encoder (ArcFace IResNet), generator (CAII), discriminator."""
 
 from training.models.discriminator import (
+    DISCRIMINATOR_KINDS,
     Discriminator,
     DiscriminatorConfig,
     build_discriminator,
@@ -8,6 +9,7 @@ from training.models.discriminator import (
 from training.models.generator import (
     CAII_MODES,
     GENERATOR_PRESETS,
+    TARGET_RANGES,
     CAIIBlock,
     CAIIOp,
     Generator,
@@ -17,7 +19,7 @@ from training.models.generator import (
     channel_adain,
     spatial_stats,
 )
-from training.models.identity import IdentityEncoder
+from training.models.identity import TINY_ID, IdentityEncoder, build_identity
 from training.models.iresnet import (
     IRESNET_LAYERS,
     IResNet,
@@ -28,8 +30,11 @@ from training.models.iresnet import (
 
 __all__ = [
     "CAII_MODES",
+    "DISCRIMINATOR_KINDS",
     "GENERATOR_PRESETS",
     "IRESNET_LAYERS",
+    "TARGET_RANGES",
+    "TINY_ID",
     "CAIIBlock",
     "CAIIOp",
     "Discriminator",
@@ -41,6 +46,7 @@ __all__ = [
     "adain",
     "build_discriminator",
     "build_generator",
+    "build_identity",
     "build_iresnet",
     "channel_adain",
     "load_iresnet",

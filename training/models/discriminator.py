@@ -1,8 +1,15 @@
-"""StarGAN-v2-style ResBlk patch discriminator.
+"""StarGAN-v2 ResBlk discriminators: the official AlphaFace one, and our shallower patch variant.
 
-StarGAN v2 stacks pre-activation residual blocks with average-pool downsampling down to 4x4 and
-ends in a global logit. Here the stack stops after ``num_down`` blocks and a 1x1 conv gives one
-logit per patch (``256 / 2**num_down`` per side), the patch-GAN form used for face swapping.
+Both stack pre-activation residual blocks (StarGAN v2's, without normalisation) and end in one
+logit per patch instead of StarGAN v2's global logit.
+
+- ``official`` (``Swapper_Units_AdIN.Discriminator``, built with image size 256 and at most 512
+  channels): ``log2(256) - 1 = 7`` ResBlks that downsample only at odd indices (3 halvings), so
+  the logits are 32x32. Head: LeakyReLU, 1x1 conv, LeakyReLU, 1x1 conv, LeakyReLU (a final
+  activation on the logits). Reads images in [0, 1] as they are. 21.64M parameters.
+- ``patch`` (ours): ``num_down`` ResBlks, every one downsampling (16x16 logits at 256), a 3x3
+  conv in the head, no final activation, images centred to [-1, 1]. 9.58M parameters.
+
 Reads bottom-up: config, the residual block, then :class:`Discriminator`.
 """
 
@@ -11,9 +18,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+DiscriminatorKind = Literal["official", "patch"]
+DISCRIMINATOR_KINDS: tuple[str, ...] = ("official", "patch")
+
 
 # ---------------------------------------------------------------------------------------------
 # Config
@@ -21,19 +33,35 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
+    kind: DiscriminatorKind = "official"  # "official" (AlphaFace's StarGAN-v2 D) or "patch" (ours)
     # Input
-    image_size: int = 256  # the size it is designed for (any multiple of 2**num_down runs)
-    # Width: StarGAN v2 starts at 2**14 // image_size channels and doubles per block up to a cap.
+    image_size: int = 256  # the size it is built for (any multiple of the total stride runs)
+    # Width: StarGAN v2 starts at 2**14 // image_size channels (64 at 256) and doubles per block to a cap.
     base_channels: int = 64  # channels of the first conv
-    max_channels: int = 512  # cap on the doubling
-    # Depth
+    max_channels: int = 512  # cap on the doubling (official: 512)
+    # Depth (patch only; official is always log2(image_size) - 1 blocks, halving at odd indices)
     num_down: int = 4  # ResBlk downsamplings: 256 -> 16x16 patch logits
 
     def __post_init__(self) -> None:
+        if self.kind not in DISCRIMINATOR_KINDS:
+            raise ValueError(f"discriminator kind must be one of {DISCRIMINATOR_KINDS}, got {self.kind!r}")
         if self.base_channels < 1 or self.max_channels < self.base_channels:
             raise ValueError("need 1 <= base_channels <= max_channels")
-        if self.num_down < 1 or self.image_size % 2**self.num_down:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of 2**num_down ({self.num_down})")
+        if self.kind == "official" and (self.image_size < 8 or self.image_size & (self.image_size - 1)):
+            raise ValueError(f"the official discriminator needs a power-of-two image_size >= 8, got {self.image_size}")
+        if self.num_down < 1 or self.image_size % self.stride:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of the stride {self.stride}")
+
+    @property
+    def downsample(self) -> tuple[bool, ...]:
+        """Whether each ResBlk halves the resolution."""
+        if self.kind == "official":
+            return tuple(i % 2 == 1 for i in range(int(math.log2(self.image_size)) - 1))
+        return (True,) * self.num_down
+
+    @property
+    def stride(self) -> int:
+        return 2 ** sum(self.downsample)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,6 +78,9 @@ class ResBlk(nn.Module):
         self.conv2 = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1)
         self.shortcut = nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=False) if in_ch != out_ch else None
 
+    def extra_repr(self) -> str:
+        return f"downsample={self.downsample}"
+
     def forward(self, x: Tensor) -> Tensor:
         skip = x if self.shortcut is None else self.shortcut(x)
         res = self.conv1(F.leaky_relu(x, 0.2))
@@ -65,23 +96,31 @@ class ResBlk(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """``(B, 3, H, W)`` in [0, 1] -> patch logits ``(B, 1, H / 2**num_down, W / 2**num_down)``."""
+    """``(B, 3, H, W)`` in [0, 1] -> patch logits ``(B, 1, H / stride, W / stride)``."""
 
     def __init__(self, config: DiscriminatorConfig) -> None:
         super().__init__()
         self.config = config
         ch = config.base_channels
         layers: list[nn.Module] = [nn.Conv2d(3, ch, kernel_size=3, padding=1)]
-        for _ in range(config.num_down):
+        for down in config.downsample:
             out_ch = min(ch * 2, config.max_channels)
-            layers.append(ResBlk(ch, out_ch, downsample=True))
+            layers.append(ResBlk(ch, out_ch, downsample=down))
             ch = out_ch
-        layers += [nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, kernel_size=3, padding=1), nn.LeakyReLU(0.2)]
-        layers.append(nn.Conv2d(ch, 1, kernel_size=1))
+        if config.kind == "official":
+            layers += [nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, kernel_size=1), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(ch, 1, kernel_size=1), nn.LeakyReLU(0.2)]  # the official final activation
+        else:
+            layers += [nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, kernel_size=3, padding=1), nn.LeakyReLU(0.2)]
+            layers.append(nn.Conv2d(ch, 1, kernel_size=1))
         self.net = nn.Sequential(*layers)
 
+    def extra_repr(self) -> str:
+        return f"kind={self.config.kind}, blocks={len(self.config.downsample)}, stride={self.config.stride}"
+
     def forward(self, images: Tensor) -> Tensor:
-        return self.net(images * 2.0 - 1.0)
+        # The official D reads [0, 1] images as they are; ours centres them.
+        return self.net(images if self.config.kind == "official" else images * 2.0 - 1.0)
 
 
 def build_discriminator(**overrides: object) -> Discriminator:

@@ -6,19 +6,24 @@ encoder and decoder, then :class:`Generator` and :func:`build_generator`.
 Call contract: ``generator(target, id_embedding)`` with ``target`` ``(B, 3, H, W)`` in [0, 1]
 (H and W multiples of the encoder's total stride; the presets are designed for 256) and
 ``id_embedding`` ``(B, 512)`` L2-normalised; it returns the swap, ``(B, 3, H, W)`` in [0, 1].
+``target_range`` says what the first convolution sees: the [0, 1] image itself (``unit``, as the
+official encoder reads it) or ``2x - 1`` (``signed``, zero-centred). The two are the same function
+class (the first conv's weights and bias absorb the affine map), so only training dynamics and
+weight layout differ; official weights need ``unit``.
 
 Presets (costs at 256x256, counted with ``torch.utils.flop_counter``; see ``bench/generator.py``):
 
 - ``alphaface``: the official network. Encoder to 1024x64x64, six CAII blocks there, decoder.
   About 138.6M parameters and 717 GMAC, two thirds of it in the twelve 1024-channel 3x3 CAII
-  convolutions at 64x64. CAII mode ``official``.
+  convolutions at 64x64. CAII mode ``official``, target read in [0, 1], instance-norm eps 1e-8:
+  the official arithmetic, so converted official weights (``training.convert``) run unchanged.
 - ``alphaface-fast``: our design, the same network one octave lower and a little narrower. One
   more stride-2 encoder stage puts the six CAII blocks on a 32x32 grid (the latent grid InSwapper
   itself uses; SimSwap injects identity at 28x28), and their width drops from 1024 to 768: the
   identity path keeps its depth (12 identity-modulated convolutions and style projections) at
   0.14x the CAII cost. The encoder and decoder, a third of the official GMACs, mostly
   in wide convolutions at 128-256 px, are narrowed to 64-256 channels there. About 0.13x the
-  MACs and 0.56x the parameters. CAII mode ``bidirectional``.
+  MACs and 0.56x the parameters. CAII mode ``bidirectional``, ``signed`` target, eps 1e-5.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from torch import Tensor, nn
 
 CAIIMode = Literal["official", "bidirectional"]
 CAII_MODES: tuple[str, ...] = ("official", "bidirectional")
+TargetRange = Literal["unit", "signed"]
+TARGET_RANGES: tuple[str, ...] = ("unit", "signed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,11 +52,12 @@ class GeneratorConfig:
     # Fusion encoder: reflect-pad 3 + k7 conv, then k3 convs; LeakyReLU(0.2) after each.
     encoder_channels: tuple[int, ...] = (128, 256, 512, 1024)  # output channels of each conv
     encoder_strides: tuple[int, ...] = (1, 1, 2, 2)  # stride of each conv (1 or 2)
+    target_range: TargetRange = "unit"  # encoder input: "unit" = the [0, 1] target (official), "signed" = 2x - 1
     # CAII: identity injection at the encoder's resolution and width.
     num_caii_blocks: int = 6  # residual blocks, each two operation units
     caii_mode: CAIIMode = "official"  # "official" (AdaIN collapses to a spatial mean) or "bidirectional"
     id_dim: int = 512  # identity embedding size
-    eps: float = 1e-5  # instance-norm / AdaIN epsilon
+    eps: float = 1e-8  # instance-norm / AdaIN epsilon (official 1e-8; > 0: the official AdaIN divides by it)
     # Decoder: each "up" stage is bilinear x2 then a k3 conv; then k3 convs at full resolution
     # (the last unpadded), reflect-pad 3 and a k5 conv to RGB, tanh.
     decoder_up_channels: tuple[int, ...] = (512, 256)  # one entry per x2 upsampling
@@ -58,12 +66,18 @@ class GeneratorConfig:
     image_size: int = 256
 
     def __post_init__(self) -> None:
+        for name in ("encoder_channels", "encoder_strides", "decoder_up_channels", "decoder_channels"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))  # YAML overrides give lists
         if not self.encoder_channels or len(self.encoder_channels) != len(self.encoder_strides):
             raise ValueError("encoder_channels and encoder_strides must be non-empty and of equal length")
         if any(s not in (1, 2) for s in self.encoder_strides):
             raise ValueError(f"encoder strides must be 1 or 2, got {self.encoder_strides}")
         if self.encoder_strides[0] != 1:
             raise ValueError("the first (k7) encoder conv must have stride 1")
+        if self.target_range not in TARGET_RANGES:
+            raise ValueError(f"target_range must be one of {TARGET_RANGES}, got {self.target_range!r}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
         if self.caii_mode not in CAII_MODES:
             raise ValueError(f"caii_mode must be one of {CAII_MODES}, got {self.caii_mode!r}")
         if self.num_caii_blocks < 1 or self.id_dim < 1:
@@ -94,7 +108,9 @@ GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
     "alphaface-fast": GeneratorConfig(
         encoder_channels=(64, 128, 256, 768),
         encoder_strides=(1, 2, 2, 2),
+        target_range="signed",
         caii_mode="bidirectional",
+        eps=1e-5,
         decoder_up_channels=(256, 128, 64),
         decoder_channels=(64, 64),
     ),
@@ -103,7 +119,9 @@ GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
         encoder_channels=(8, 16, 16, 32),
         encoder_strides=(1, 2, 2, 2),
         num_caii_blocks=2,
+        target_range="signed",
         caii_mode="bidirectional",
+        eps=1e-5,
         decoder_up_channels=(16, 16, 8),
         decoder_channels=(8, 8),
     ),
@@ -147,8 +165,9 @@ class CAIIOp(nn.Module):
     - ``official``: ``A = AdaIN(g, x)`` with ``g`` a ``(B, C, 1, 1)`` map, exactly as in the
       official code. On a 1x1 map the content term ``g - mean(g)`` is identically zero, so
       ``AdaIN(g, x) == mean_hw(x)``: the update is just ``g <- (g + mean_hw(x)) / 2``, the identity
-      code is discarded from the AdaIN and the target's std never enters. We keep this arithmetic
-      as the faithful baseline; the test suite checks the reduction exactly.
+      code is discarded from the AdaIN and the target's std never enters. We compute that
+      collapse directly (bit-identical to :func:`adain` on a 1x1 map in eager mode); the tests
+      check it against the official formula.
     - ``bidirectional``: the paper's intent, made non-degenerate. Target -> identity: the code is
       normalised over its channels and re-styled with the target's per-channel spatial mean and
       std (:func:`channel_adain`). Identity -> target: the normalised target features ``h`` are
@@ -171,9 +190,13 @@ class CAIIOp(nn.Module):
         """The scale and shift ``(g, b)``, each ``(B, C, 1, 1)``, for features ``x`` and code ``z``."""
         g, b = self.style(z)[:, :, None, None].chunk(2, dim=1)  # (B, 2C) -> (B, C, 1, 1) each
         x_mean, x_std = spatial_stats(x, self.eps)  # the target's statistics, (B, C, 1, 1) each
-        mix = adain if self.mode == "official" else channel_adain
-        g = (g + mix(g, x_mean, x_std, self.eps)) / 2
-        b = (b + mix(b, x_mean, x_std, self.eps)) / 2
+        if self.mode == "official":
+            # AdaIN(g, x) of a 1x1 map: g - mean(g) is exactly 0, so it is mean_hw(x), bit for bit in eager
+            # mode. Written as such: an exported graph fuses the 1x1 normalisation into a LayerNorm whose
+            # E[g^2] - E[g]^2 goes negative, and with eps 1e-8 its square root is NaN (onnxruntime).
+            return (g + x_mean) / 2, (b + x_mean) / 2
+        g = (g + channel_adain(g, x_mean, x_std, self.eps)) / 2
+        b = (b + channel_adain(b, x_mean, x_std, self.eps)) / 2
         return g, b
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
@@ -251,13 +274,14 @@ class Generator(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"caii={c.num_caii_blocks}x{c.caii_channels}@1/{c.stride}, mode={c.caii_mode}"
+        return f"caii={c.num_caii_blocks}x{c.caii_channels}@1/{c.stride}, mode={c.caii_mode}, target={c.target_range}"
 
     def forward(self, target: Tensor, id_embedding: Tensor) -> Tensor:
         h, w = target.shape[-2:]
         if h % self.config.stride or w % self.config.stride:
             raise ValueError(f"target size {h}x{w} is not a multiple of the stride {self.config.stride}")
-        x = self.encoder(target * 2.0 - 1.0)  # (B, C, H/s, W/s); centred input
+        x = target if self.config.target_range == "unit" else target * 2.0 - 1.0
+        x = self.encoder(x)  # (B, C, H/s, W/s)
         for block in self.blocks:
             x = block(x, id_embedding)
         x = self.decoder(x)  # (B, 3, H, W)
