@@ -41,13 +41,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench.caption_host import make_jpeg  # noqa: E402
-from pipeline import embed, synthetic  # noqa: E402
+from demo import synthetic  # noqa: E402
+from demo.tiny_models import write_clip_tiny  # noqa: E402
+from pipeline import embed  # noqa: E402
 from pipeline.caption import CaptionConfig  # noqa: E402
 from pipeline.caption import run as caption_run  # noqa: E402
 from pipeline.engines.base import EngineInfo, Generation  # noqa: E402
 from pipeline.reader import FaceReader  # noqa: E402
 from pipeline.shards import iter_shard  # noqa: E402
-from pipeline.tiny_models import write_clip_tiny  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.data import draw_pairing, make_swap_batch, reader_config, step_rng  # noqa: E402
 from training.train import run  # noqa: E402

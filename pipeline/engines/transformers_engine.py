@@ -2,7 +2,7 @@
 
 `AutoProcessor` + `AutoModelForImageTextToText` on an InternVL3 `-hf` checkpoint (hub name or local
 path), batched with left padding and decoded greedily. CI and the demo run it on the tiny model
-from `pipeline.tiny_models`; on GPUs the vLLM engine is the production path.
+from `demo.tiny_models`; on GPUs the vLLM engine is the production path.
 
 Greedy outputs do not depend on the batch: generate derives position ids from the attention mask,
 so a left-padded row sees the same positions as it would alone.

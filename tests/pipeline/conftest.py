@@ -10,26 +10,11 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-@pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory) -> Path:
-    """A folder holding `internvl3-tiny/` and `clip-tiny.json`, as `python -m pipeline.tiny_models` writes."""
-    from pipeline.tiny_models import main
-
-    out = tmp_path_factory.mktemp("tiny_models")
-    main(["--out", str(out)])
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_internvl(tiny_models_dir) -> Path:
-    return tiny_models_dir / "internvl3-tiny"
-
-
 # Finished, embedded datasets shared by the card and publish tests (built once; tests that change a
 # dataset work on a copy).
 @pytest.fixture(scope="session")
 def vgg(tmp_path_factory) -> Path:
-    from tests.pipeline.conftest_publish import embed, make_dataset, write_tiny_clip
+    from tests.pipeline.caption_builders import embed, make_dataset, write_tiny_clip
 
     root = tmp_path_factory.mktemp("published_vgg")
     ds = make_dataset(root)
@@ -39,7 +24,7 @@ def vgg(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def celeba(tmp_path_factory) -> Path:
-    from tests.pipeline.conftest_publish import embed, make_dataset, write_tiny_clip
+    from tests.pipeline.caption_builders import embed, make_dataset, write_tiny_clip
 
     root = tmp_path_factory.mktemp("published_celeba")
     ds = make_dataset(root, source="celeba-hq", prompt="structured", per_identity=2)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from demo.synthetic import generate
 from pipeline.caption import CaptionConfig, main, run
 from pipeline.dataset import DatasetDir
 from pipeline.engines.base import EngineInfo, Generation
 from pipeline.plan import PlanMismatch
 from pipeline.prompts import ATTRIBUTES
-from pipeline.synthetic import generate
 from tests.pipeline.badinputs import bad_and_odd_files, write_files
 
 REPO = Path(__file__).resolve().parents[2]

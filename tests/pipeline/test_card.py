@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline.card import main, render_card
 from pipeline.dataset import DatasetDir
 from pipeline.prompts import ATTRIBUTES, PROMPTS
-from tests.pipeline.conftest_publish import (
+from tests.pipeline.caption_builders import (
     CLIP_TAG,
     MODEL,
     copy_dataset,

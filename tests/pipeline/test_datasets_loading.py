@@ -19,14 +19,14 @@ import webdataset as wds
 from huggingface_hub import DatasetCard
 from PIL import Image
 
+from demo.synthetic import generate
 from pipeline.caption import CaptionConfig
 from pipeline.caption import run as caption_run
 from pipeline.dataset import DatasetDir, dumps_json
 from pipeline.metadata import FLAG_NAMES, META_VERSION
 from pipeline.publish import main as publish_main
 from pipeline.shards import ShardSample, iter_shard, write_shard
-from pipeline.synthetic import generate
-from tests.pipeline.conftest_publish import MODEL, CannedEngine, copy_dataset, embed, write_tiny_clip
+from tests.pipeline.caption_builders import MODEL, CannedEngine, copy_dataset, embed, write_tiny_clip
 
 PLAIN = ("The person faces the camera under even light; plain gray background, no occlusion.", "stop")
 ANSWERS = [PLAIN] * 6 + [
@@ -170,9 +170,7 @@ def format_1(late_odd, tmp_path_factory) -> Path:
     ds = copy_dataset(late_odd, tmp_path_factory.mktemp("format_1") / "ds")
     for tar in DatasetDir(ds).shards_dir.glob("*.tar"):
         samples = [
-            ShardSample(
-                s.key, {**s.members, "json": dumps_json(_as_format_1(json.loads(s.members["json"]))).encode()}
-            )
+            ShardSample(s.key, {**s.members, "json": dumps_json(_as_format_1(json.loads(s.members["json"]))).encode()})
             for s in iter_shard(tar)
         ]
         write_shard(tar, samples)

@@ -30,7 +30,7 @@ from pipeline.dataset import DatasetDir, atomic_write_json, clip_tag
 from pipeline.embed import EmbedConfig, main, run
 from pipeline.prompts import ATTRIBUTES
 from pipeline.shards import iter_shard
-from tests.pipeline.conftest_embed import LONG_CAPTION, TINY_CLIP, embed_clip, make_dataset  # noqa: F401
+from tests.pipeline.shard_builders import LONG_CAPTION, TINY_CLIP, make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = clip_tag("embed-test-clip.json", "embed-test-clip.pt")
@@ -73,14 +73,14 @@ def _snapshot(ds: DatasetDir) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, embed_clip) -> DatasetDir:  # noqa: F811
+def reference(tmp_path_factory, embed_clip) -> DatasetDir:
     """Two shards embedded by one uninterrupted in-process run."""
     ds = make_dataset(tmp_path_factory.mktemp("ref") / "ds", CAPTIONS)
     main(_args(ds, embed_clip))
     return ds
 
 
-def test_equals_open_clip_text_and_image(reference, embed_clip):  # noqa: F811
+def test_equals_open_clip_text_and_image(reference, embed_clip):
     config, ckpt = embed_clip
     open_clip.add_model_config(config)
     model, _, preprocess = open_clip.create_model_and_transforms("embed-test-clip", pretrained=str(ckpt))
@@ -153,7 +153,7 @@ def test_stats_count_dedup_truncation_and_empty(reference):
     assert np.isfinite(t[2]).all()  # the empty caption has an embedding too
 
 
-def test_identical_captions_are_encoded_once(tmp_path, embed_clip):  # noqa: F811
+def test_identical_captions_are_encoded_once(tmp_path, embed_clip):
     ds = make_dataset(tmp_path / "ds", [["same words"] * 4 + ["other words"] * 2])
     config, ckpt = embed_clip
     cfg = EmbedConfig(dataset=ds.root, clip_model=str(config), pretrained=str(ckpt), batch_size=8, progress=False)
@@ -166,7 +166,7 @@ def test_identical_captions_are_encoded_once(tmp_path, embed_clip):  # noqa: F81
     assert json.loads((ds.embeddings_dir(TAG) / "stats" / "000000.json").read_text())["unique_captions"] == 2
 
 
-def test_truncation_flag_matches_open_clip_tokenizer(tmp_path, embed_clip):  # noqa: F811
+def test_truncation_flag_matches_open_clip_tokenizer(tmp_path, embed_clip):
     # "a" is one BPE token: 75 of them plus start and end fill the 77-token context exactly.
     fits, cut = " ".join(["a"] * 75), " ".join(["a"] * 76)
     tok = open_clip.get_tokenizer("ViT-B-32")
@@ -177,7 +177,7 @@ def test_truncation_flag_matches_open_clip_tokenizer(tmp_path, embed_clip):  # n
     assert _table(ds, 0).column("text_truncated").to_pylist() == [False, True]
 
 
-def test_attributes_are_embedded_per_field(tmp_path, embed_clip):  # noqa: F811
+def test_attributes_are_embedded_per_field(tmp_path, embed_clip):
     ds = make_dataset(tmp_path / "ds", [[None] * 4], structured=True)
     main(_args(ds, embed_clip, "--attributes"))
     table = _table(ds, 0)
@@ -193,13 +193,13 @@ def test_attributes_are_embedded_per_field(tmp_path, embed_clip):  # noqa: F811
     assert json.loads(meta[b"attributes"]) == sorted(ATTRIBUTES)
 
 
-def test_attributes_on_a_holistic_dataset_is_refused(tmp_path, embed_clip):  # noqa: F811
+def test_attributes_on_a_holistic_dataset_is_refused(tmp_path, embed_clip):
     ds = make_dataset(tmp_path / "ds", [["a caption"]])
     with pytest.raises(SystemExit, match="structured-caption dataset"):
         main(_args(ds, embed_clip, "--attributes"))
 
 
-def test_uncaptioned_shards_are_skipped_then_done(tmp_path, embed_clip, capsys):  # noqa: F811
+def test_uncaptioned_shards_are_skipped_then_done(tmp_path, embed_clip, capsys):
     ds = make_dataset(tmp_path / "ds", [["a"], ["b"], ["c"]], uncaptioned=(1,))
     summary = main(_args(ds, embed_clip))
     assert summary["skipped_not_captioned"] == 1 and summary["done_now"] == 2
@@ -214,7 +214,7 @@ def test_uncaptioned_shards_are_skipped_then_done(tmp_path, embed_clip, capsys):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "wrong_tag", "stats_missing"])
-def test_damaged_output_is_regenerated(tmp_path, embed_clip, reference, damage):  # noqa: F811
+def test_damaged_output_is_regenerated(tmp_path, embed_clip, reference, damage):
     ds = DatasetDir(tmp_path / "ds")
     shutil.copytree(reference.root, ds.root)
     path = ds.embeddings_path(TAG, 1)
@@ -247,7 +247,7 @@ def _launch(ds: DatasetDir, clip: tuple[Path, Path], env: dict[str, str] | None 
     )
 
 
-def test_kill_9_then_rerun_is_identical(tmp_path, embed_clip):  # noqa: F811
+def test_kill_9_then_rerun_is_identical(tmp_path, embed_clip):
     captions = [[f"caption {s} {j % 2}" for j in range(4)] for s in range(16)]
     reference = make_dataset(tmp_path / "ref", captions)
     main(_args(reference, embed_clip))
@@ -269,7 +269,7 @@ def test_kill_9_then_rerun_is_identical(tmp_path, embed_clip):  # noqa: F811
     assert _snapshot(ds) == _snapshot(reference)
 
 
-def test_two_ranks_at_once_equal_one(tmp_path, embed_clip, reference):  # noqa: F811
+def test_two_ranks_at_once_equal_one(tmp_path, embed_clip, reference):
     ds = DatasetDir(tmp_path / "ds")
     shutil.copytree(reference.root, ds.root, ignore=shutil.ignore_patterns("embeddings"))
     procs = [_launch(ds, embed_clip, {"RANK": str(r), "WORLD_SIZE": "2"}) for r in range(2)]
@@ -281,7 +281,7 @@ def test_two_ranks_at_once_equal_one(tmp_path, embed_clip, reference):  # noqa: 
     assert _snapshot(ds) == _snapshot(reference)
 
 
-def test_unsafe_tar_member_is_refused(tmp_path, embed_clip):  # noqa: F811
+def test_unsafe_tar_member_is_refused(tmp_path, embed_clip):
     ds = make_dataset(tmp_path / "ds", [["a", "b"]])
     shard = ds.shard_path("vggface2-hq", 0)
     with tarfile.open(shard, "a") as tar:
@@ -315,7 +315,7 @@ def test_config_checks():
         EmbedConfig(dataset=Path("x"), clip_model="missing.json")
 
 
-def test_a_shard_where_every_input_failed_gets_an_empty_file(tmp_path, embed_clip):  # noqa: F811
+def test_a_shard_where_every_input_failed_gets_an_empty_file(tmp_path, embed_clip):
     ds = make_dataset(tmp_path / "ds", [[], ["a"]])
     summary = main(_args(ds, embed_clip))
     assert summary["done_now"] == 2

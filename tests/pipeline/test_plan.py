@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
+from demo.synthetic import generate
 from pipeline import plan as plan_module
 from pipeline.dataset import DatasetDir, atomic_write_json
 from pipeline.plan import PlanMismatch, load_or_create_plan
-from pipeline.synthetic import generate
 
 
 def _plan(ds: DatasetDir, root, shard_size: int, overwrite: bool = False) -> dict:

@@ -23,7 +23,7 @@ from huggingface_hub import DatasetCard
 from pipeline.dataset import DatasetDir, atomic_write_json
 from pipeline.publish import MARKER, main
 from pipeline.shards import iter_shard, write_shard
-from tests.pipeline.conftest_publish import (
+from tests.pipeline.caption_builders import (
     CLIP_TAG,
     copy_dataset,
     make_dataset,

@@ -25,7 +25,7 @@ from pipeline.embeddings import EmbeddingsInvalid
 from pipeline.prompts import ATTRIBUTES
 from pipeline.reader import FaceReader, MissingEmbeddings, ReaderConfig, resume_point
 from pipeline.shards import UnsafeTarMember, iter_shard
-from tests.pipeline.conftest_embed import embed_clip, make_dataset  # noqa: F401
+from tests.pipeline.shard_builders import make_dataset
 
 TAG = clip_tag("embed-test-clip.json", "embed-test-clip.pt")
 SIZES = (5, 3, 4, 2, 1)  # unequal shards, so two workers run out at different times
@@ -42,13 +42,13 @@ def _captions(prefix: str, sizes=SIZES) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory, embed_clip) -> DatasetDir:  # noqa: F811
+def embedded(tmp_path_factory, embed_clip) -> DatasetDir:
     ds = make_dataset(tmp_path_factory.mktemp("reader") / "ds", _captions("a"), masks=True)
     _embed(ds, embed_clip)
     return ds
 
 
-def _config(embed_clip, *datasets: Path, **kw) -> ReaderConfig:  # noqa: F811
+def _config(embed_clip, *datasets: Path, **kw) -> ReaderConfig:
     kw = {"image_size": 32, "shuffle_buffer": 4, "rank": 0, "world_size": 1, **kw}
     return ReaderConfig(datasets=datasets, clip_model=str(embed_clip[0]), pretrained=str(embed_clip[1]), **kw)
 
@@ -61,7 +61,7 @@ def _keys(reader: FaceReader, workers: int) -> list:
     return out
 
 
-def test_join_with_two_workers(embedded, embed_clip):  # noqa: F811
+def test_join_with_two_workers(embedded, embed_clip):
     reader = FaceReader(_config(embed_clip, embedded.root, batch_size=3))
     rows = {}
     for i in range(len(SIZES)):
@@ -93,7 +93,7 @@ def test_join_with_two_workers(embedded, embed_clip):  # noqa: F811
     assert sorted(seen) == sorted(rows)  # every sample exactly once across both workers
 
 
-def test_uint8_images_equal_float_images_times_255(embedded, embed_clip):  # noqa: F811
+def test_uint8_images_equal_float_images_times_255(embedded, embed_clip):
     as_float = list(FaceReader(_config(embed_clip, embedded.root, batch_size=3, shuffle=False)))
     as_uint8 = list(FaceReader(_config(embed_clip, embedded.root, batch_size=3, shuffle=False, image_dtype="uint8")))
     assert [b["key"] for b in as_float] == [b["key"] for b in as_uint8]
@@ -104,7 +104,7 @@ def test_uint8_images_equal_float_images_times_255(embedded, embed_clip):  # noq
         assert torch.equal(u["text_emb"], f["text_emb"])
 
 
-def test_single_samples_equal_batch_rows_and_mixed_masks_batch(embedded, embed_clip, tmp_path):  # noqa: F811
+def test_single_samples_equal_batch_rows_and_mixed_masks_batch(embedded, embed_clip, tmp_path):
     # a dataset with masks and one without, read together: batches mix them, and a row without a mask gets zeros
     other = make_dataset(tmp_path / "other", _captions("b", (3,)), name="celeba-hq")
     _embed(other, embed_clip)
@@ -125,7 +125,7 @@ def test_single_samples_equal_batch_rows_and_mixed_masks_batch(embedded, embed_c
     assert image.permute(0, 2, 3, 1).is_contiguous() and torch.equal(image.contiguous(), image)
 
 
-def test_masks_smaller_than_their_images_follow_the_image_size(tmp_path, embed_clip):  # noqa: F811
+def test_masks_smaller_than_their_images_follow_the_image_size(tmp_path, embed_clip):
     # CelebAMask-HQ stores 512 px masks for 1024 px images: at the stored size (image_size=None) the
     # mask is resized (nearest) to its image, so images and masks still batch
     ds = make_dataset(tmp_path / "ds", _captions("m", (3,)), masks=True, image_size=64, mask_size=32)
@@ -140,7 +140,7 @@ def test_masks_smaller_than_their_images_follow_the_image_size(tmp_path, embed_c
             assert torch.equal(batch["mask"][b, 0] > 0.5, want)
 
 
-def test_order_is_a_function_of_seed_and_epoch(embedded, embed_clip):  # noqa: F811
+def test_order_is_a_function_of_seed_and_epoch(embedded, embed_clip):
     reader = FaceReader(_config(embed_clip, embedded.root))
     first = _keys(reader, 2)
     assert _keys(reader, 2) == first
@@ -153,7 +153,7 @@ def test_order_is_a_function_of_seed_and_epoch(embedded, embed_clip):  # noqa: F
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("batch_size", [None, 2])
-def test_resume_skips_exactly_what_was_consumed(embedded, embed_clip, batch_size, workers):  # noqa: F811
+def test_resume_skips_exactly_what_was_consumed(embedded, embed_clip, batch_size, workers):
     reader = FaceReader(_config(embed_clip, embedded.root, batch_size=batch_size))
     # An epoch whose two worker streams differ in length, so one worker runs out first.
     epoch = next(e for e in range(100) if len(set(reader.worker_items(e, 2))) > 1)
@@ -175,7 +175,7 @@ def test_resume_point_follows_the_dataloader_turns():
     assert resume_point([4, 4], 6) == ([3, 3], [0, 1])  # whole rounds keep the turn at worker 0
 
 
-def test_ranks_split_the_shards(embedded, embed_clip):  # noqa: F811
+def test_ranks_split_the_shards(embedded, embed_clip):
     everything = sorted(_keys(FaceReader(_config(embed_clip, embedded.root)), 0))
     parts = [_keys(FaceReader(_config(embed_clip, embedded.root, rank=r, world_size=2)), 2) for r in range(2)]
     assert not set(parts[0]) & set(parts[1])
@@ -184,7 +184,7 @@ def test_ranks_split_the_shards(embedded, embed_clip):  # noqa: F811
     assert counts == [len(parts[0]), len(parts[1])]
 
 
-def test_several_datasets_and_pil_images(embedded, embed_clip, tmp_path):  # noqa: F811
+def test_several_datasets_and_pil_images(embedded, embed_clip, tmp_path):
     other = make_dataset(tmp_path / "other", _captions("b", (2, 2)), name="celeba-hq")
     _embed(other, embed_clip)
     reader = FaceReader(_config(embed_clip, embedded.root, other.root, image_type="pil", image_size=None))
@@ -197,7 +197,7 @@ def test_several_datasets_and_pil_images(embedded, embed_clip, tmp_path):  # noq
     assert all(s["mask"] is None and not s["has_mask"] for s in no_mask)
 
 
-def test_attribute_embeddings(tmp_path, embed_clip):  # noqa: F811
+def test_attribute_embeddings(tmp_path, embed_clip):
     ds = make_dataset(tmp_path / "ds", [[None] * 3], structured=True)
     _embed(ds, embed_clip)
     with pytest.raises(EmbeddingsInvalid, match="--attributes"):
@@ -208,7 +208,7 @@ def test_attribute_embeddings(tmp_path, embed_clip):  # noqa: F811
     assert all(sample[f"attr_{a}_emb"].shape == (32,) for a in ATTRIBUTES)
 
 
-def test_missing_embeddings_names_the_shard_and_the_fix(tmp_path, embed_clip):  # noqa: F811
+def test_missing_embeddings_names_the_shard_and_the_fix(tmp_path, embed_clip):
     ds = make_dataset(tmp_path / "ds", _captions("c", (2, 2)))
     with pytest.raises(MissingEmbeddings, match="make embed DATASET="):
         FaceReader(_config(embed_clip, ds.root))
@@ -218,7 +218,7 @@ def test_missing_embeddings_names_the_shard_and_the_fix(tmp_path, embed_clip):  
         FaceReader(_config(embed_clip, ds.root))
 
 
-def test_other_models_embeddings_are_refused(tmp_path, embedded, embed_clip):  # noqa: F811
+def test_other_models_embeddings_are_refused(tmp_path, embedded, embed_clip):
     with pytest.raises(MissingEmbeddings, match=f"no embeddings for CLIP ViT-B-32__openai.*found: {TAG}"):
         FaceReader(ReaderConfig(datasets=(embedded.root,), clip_model="ViT-B-32", pretrained="openai"))
     # Files of one model copied under another model's folder are caught by their metadata.
@@ -229,7 +229,7 @@ def test_other_models_embeddings_are_refused(tmp_path, embedded, embed_clip):  #
         FaceReader(ReaderConfig(datasets=(ds.root,), clip_model="ViT-B-32", pretrained="openai"))
 
 
-def test_damaged_parquet_is_refused(tmp_path, embedded, embed_clip):  # noqa: F811
+def test_damaged_parquet_is_refused(tmp_path, embedded, embed_clip):
     ds = DatasetDir(tmp_path / "ds")
     shutil.copytree(embedded.root, ds.root)
     path = ds.embeddings_path(TAG, 0)
@@ -239,7 +239,7 @@ def test_damaged_parquet_is_refused(tmp_path, embedded, embed_clip):  # noqa: F8
         list(reader)
 
 
-def test_unsafe_tar_member_is_refused(tmp_path, embedded, embed_clip):  # noqa: F811
+def test_unsafe_tar_member_is_refused(tmp_path, embedded, embed_clip):
     ds = DatasetDir(tmp_path / "ds")
     shutil.copytree(embedded.root, ds.root)
     with tarfile.open(ds.shard_path("vggface2-hq", 2), "a") as tar:
@@ -250,7 +250,7 @@ def test_unsafe_tar_member_is_refused(tmp_path, embedded, embed_clip):  # noqa: 
         list(FaceReader(_config(embed_clip, ds.root)))
 
 
-def test_unfinished_caption_is_refused_unless_allowed(tmp_path, embed_clip):  # noqa: F811
+def test_unfinished_caption_is_refused_unless_allowed(tmp_path, embed_clip):
     ds = make_dataset(tmp_path / "ds", _captions("d", (2, 2)), uncaptioned=(1,))
     _embed(ds, embed_clip)
     with pytest.raises(FileNotFoundError, match="not captioned yet"):

@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 
 from pipeline.reader import FaceReader, ReaderConfig
-from tests.pipeline.conftest_embed import embed_clip, make_dataset  # noqa: F401  (fixture)
+from tests.pipeline.shard_builders import make_dataset
 from training.config import TrainConfig
 from training.train import _check_enough_data
 
 
 @pytest.fixture(scope="module")
-def uneven(tmp_path_factory, embed_clip):  # noqa: F811
+def uneven(tmp_path_factory, embed_clip):
     """Shards of 3, 3 and 1 samples: with 2 ranks and batch 2, rank 1 starves in any epoch whose order puts
     the 1-sample shard second."""
     from pipeline.embed import main as embed
@@ -24,13 +24,13 @@ def uneven(tmp_path_factory, embed_clip):  # noqa: F811
     return ds.root
 
 
-def _reader(root, embed_clip, seed: int) -> FaceReader:  # noqa: F811
+def _reader(root, embed_clip, seed: int) -> FaceReader:
     cfg = ReaderConfig(datasets=(root,), clip_model=str(embed_clip[0]), pretrained=str(embed_clip[1]), seed=seed,
                        batch_size=2, partial_batches=False, rank=0, world_size=2)  # fmt: skip
     return FaceReader(cfg)
 
 
-def test_a_rank_starved_after_epoch_8_is_found(uneven, embed_clip):  # noqa: F811
+def test_a_rank_starved_after_epoch_8_is_found(uneven, embed_clip):
     # a seed whose first starving epoch comes late: the earlier check looked at epochs 0-7 only
     for seed in range(500):
         reader = _reader(uneven, embed_clip, seed)

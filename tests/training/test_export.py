@@ -7,15 +7,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.training.conftest_train import (  # noqa: F401  (fixtures)
-    demo_run,
-    train_clip,
-    train_data,
-)
 from training import export
 
 
-def test_verify_passes_a_faithful_export_and_fails_a_wrong_one(tmp_path, demo_run):  # noqa: F811
+def test_verify_passes_a_faithful_export_and_fails_a_wrong_one(tmp_path, demo_run):
     path = tmp_path / "generator.onnx"
     summary = export.main(["--checkpoint", str(demo_run), "--onnx", str(path), "--verify"])
     assert 0 <= summary["max_abs_diff"] <= export.ExportConfig.__dataclass_fields__["tolerance"].default
@@ -31,7 +26,7 @@ def test_verify_passes_a_faithful_export_and_fails_a_wrong_one(tmp_path, demo_ru
         export.verify_export(demo_run, wrong, 1e-4)
 
 
-def test_bad_flags_and_failed_exports_are_one_line_with_status_2(tmp_path, demo_run, capsys):  # noqa: F811
+def test_bad_flags_and_failed_exports_are_one_line_with_status_2(tmp_path, demo_run, capsys):
     with pytest.raises(SystemExit) as err:
         export.main(["--checkpoint", str(demo_run), "--onnx", str(tmp_path / "a.onnx"), "--tolerance", "0"])
     assert err.value.code == 2

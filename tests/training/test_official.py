@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tests.training.conftest import smooth_images
-from tests.training.conftest_train import REPO, demo_args, train_clip, train_data  # noqa: F401  (fixtures)
+from tests.training.run_builders import REPO, demo_args
 from training.config import load_config
 from training.losses import (
     CELEBA_LABELS,
@@ -136,7 +136,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 @pytest.mark.parametrize("before", [False, True], ids=["official", "train_d_before_adv"])
-def test_d_untouched_before_the_adversarial_phase(tmp_path, train_data, train_clip, before) -> None:  # noqa: F811
+def test_d_untouched_before_the_adversarial_phase(tmp_path, train_data, train_clip, before) -> None:
     from training.train import main
 
     out = tmp_path / "run"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.training.conftest_train import demo_args, train_clip, train_data  # noqa: F401  (fixtures)
+from tests.training.run_builders import demo_args
 from training import convert, export, swap
 from training.convert import OFFICIAL_EVAL, ConversionError, convert_generator, convert_official
 from training.models import GENERATOR_PRESETS, Generator, GeneratorConfig, IdentityEncoder
@@ -311,7 +311,7 @@ def test_export_takes_the_converted_folder(narrow_official, tmp_path) -> None:
     assert export.verify(narrow_official["dir"], tmp_path / "g.onnx", batch=1) < 1e-4
 
 
-def test_training_init_from_the_converted_folder(narrow_official, tmp_path, train_data, train_clip) -> None:  # noqa: F811
+def test_training_init_from_the_converted_folder(narrow_official, tmp_path, train_data, train_clip) -> None:
     from training.train import main
 
     widths = "encoder_channels: [8, 16, 16, 32], decoder_up_channels: [16, 8], decoder_channels: [8, 8, 8]"

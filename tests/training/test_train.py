@@ -21,19 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pipeline.reader import FaceReader
-from tests.training.conftest_train import (  # noqa: F401  (fixtures)
-    CLIP_NAME,
-    IMAGE_SIZE,
-    REPO,
-    RUN_SETS,
-    RUN_STEPS,
-    SPLIT_AT,
-    demo_args,
-    demo_run,
-    mask_data,
-    train_clip,
-    train_data,
-)
+from tests.training.run_builders import IMAGE_SIZE, REPO, RUN_SETS, RUN_STEPS, SPLIT_AT, demo_args
 from training.config import TrainConfig, load_config, read_yaml
 from training.data import choose_sources, draw_pairing, make_swap_batch, reader_config, step_rng
 from training.train import main
@@ -96,7 +84,7 @@ def test_overrides_are_parsed_as_yaml_never_evaluated(tmp_path):
         read_yaml(tmp_path / "a.yaml")
 
 
-def test_missing_real_weights_are_refused_unless_random_is_allowed(tmp_path, train_data, train_clip):  # noqa: F811
+def test_missing_real_weights_are_refused_unless_random_is_allowed(tmp_path, train_data, train_clip):
     out = tmp_path / "run"
     args = ["--config", str(CONFIGS / "alphaface-fast.yaml"), "--data", str(train_data), "--output", str(out),
             "--set", f"clip_model={train_clip}", "clip_pretrained=none"]  # fmt: skip
@@ -111,7 +99,7 @@ def test_missing_real_weights_are_refused_unless_random_is_allowed(tmp_path, tra
               "vgg_weights=/y.pth", "clip_pretrained=openai"])  # fmt: skip
 
 
-def test_dataset_without_embeddings_names_the_fix(tmp_path, train_data, train_clip):  # noqa: F811
+def test_dataset_without_embeddings_names_the_fix(tmp_path, train_data, train_clip):
     bare = tmp_path / "bare"
     shutil.copytree(train_data, bare, ignore=shutil.ignore_patterns("embeddings"))
     explicit = ["--set", f"clip_model={train_clip}", "clip_pretrained=none"]
@@ -121,7 +109,7 @@ def test_dataset_without_embeddings_names_the_fix(tmp_path, train_data, train_cl
         main(demo_args([bare], tmp_path / "run", train_clip))
 
 
-def test_too_little_data_for_the_batch_is_refused_up_front(tmp_path, train_data, train_clip):  # noqa: F811
+def test_too_little_data_for_the_batch_is_refused_up_front(tmp_path, train_data, train_clip):
     with pytest.raises(SystemExit, match="the data is too small: .*lower batch_size"):
         main(demo_args([train_data], tmp_path / "run", train_clip, "batch_size=9", "num_workers=2"))
 
@@ -147,7 +135,7 @@ def test_pairs_follow_their_kind_and_repeat_exactly_per_step():
     assert a != choose_sources(ids * 4, {"random": 0.5, "self": 0.5}, step_rng(7, 1, 124, 0))
 
 
-def test_swap_batch_from_reader_batch_flips_masks_and_captions(train_data, train_clip):  # noqa: F811
+def test_swap_batch_from_reader_batch_flips_masks_and_captions(train_data, train_clip):
     cfg = TrainConfig(data=(str(train_data),), clip_model=str(train_clip), clip_pretrained="none", image_size=32,
                       batch_size=8, flip=1.0, num_workers=0, allow_random_weights=True)  # fmt: skip
     reader = FaceReader(reader_config(cfg, 0, 1))
@@ -170,7 +158,7 @@ def test_swap_batch_from_reader_batch_flips_masks_and_captions(train_data, train
     assert both.source.shape[0] == 16 and torch.equal(both.source[8:], swap.target)
 
 
-def test_masks_are_used_where_the_dataset_has_them(train_data, mask_data, train_clip):  # noqa: F811
+def test_masks_are_used_where_the_dataset_has_them(train_data, mask_data, train_clip):
     cfg = TrainConfig(data=(str(train_data), str(mask_data)), clip_model=str(train_clip), clip_pretrained="none",
                       image_size=32, batch_size=24, flip=0.5, num_workers=0, allow_random_weights=True)  # fmt: skip
     batch = next(iter(FaceReader(reader_config(cfg, 0, 1))))  # all 24 samples: 16 without masks, 8 with
@@ -224,7 +212,7 @@ def _assert_identical(a: Path, b: Path) -> None:
         assert torch.equal(ta[k], tb[k]), f"{a.name}: {k} differs"
 
 
-def test_demo_run_writes_config_stats_samples_checkpoints_and_final(demo_run):  # noqa: F811
+def test_demo_run_writes_config_stats_samples_checkpoints_and_final(demo_run):
     run = demo_run
     cfg = load_config(run / "config.yaml")  # the resolved config reads back as the run's own config
     assert cfg.generator == "tiny" and cfg.max_steps == RUN_STEPS and cfg.batch_size == 3
@@ -256,7 +244,7 @@ def test_demo_run_writes_config_stats_samples_checkpoints_and_final(demo_run):  
     _assert_identical(final, run / "checkpoints" / "step_0000005" / "ema.safetensors")  # the EMA weights
 
 
-def test_resume_is_exact_and_skips_a_half_written_checkpoint(tmp_path, demo_run, train_data, train_clip):  # noqa: F811
+def test_resume_is_exact_and_skips_a_half_written_checkpoint(tmp_path, demo_run, train_data, train_clip):
     out = tmp_path / "run"
     first = main(demo_args([train_data], out, train_clip, *RUN_SETS, max_steps=SPLIT_AT))
     assert first["steps"] == SPLIT_AT
@@ -299,7 +287,7 @@ def _poison_text_embeddings(path: Path) -> None:
     pq.write_table(table.replace_schema_metadata(table.schema.metadata), path)
 
 
-def test_nan_loss_stops_naming_step_and_term_and_keeps_last_checkpoint(tmp_path, train_data, train_clip):  # noqa: F811
+def test_nan_loss_stops_naming_step_and_term_and_keeps_last_checkpoint(tmp_path, train_data, train_clip):
     data = tmp_path / "data"
     shutil.copytree(train_data, data)
     sets = ["batch_size=4", "shuffle_buffer=1", "flip=0", "checkpoint_every=2", "num_workers=0"]
@@ -320,7 +308,7 @@ def test_nan_loss_stops_naming_step_and_term_and_keeps_last_checkpoint(tmp_path,
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
-def test_torchrun_two_processes_train_and_export(tmp_path, train_data, mask_data, train_clip):  # noqa: F811
+def test_torchrun_two_processes_train_and_export(tmp_path, train_data, mask_data, train_clip):
     out = tmp_path / "run"
     # two micro-steps per optimiser step; StepLR halves the rate every optimiser step (not per micro-step,
     # not once per process)

@@ -1,6 +1,6 @@
 """Builders for the card and publish tests: real datasets made by the real caption and embed stages.
 
-Images come from pipeline.synthetic; captions from `CannedEngine`, our own implementation of the
+Images come from demo.synthetic; captions from `CannedEngine`, our own implementation of the
 CaptionEngine interface (pipeline/engines/base.py) that answers from a fixed list, so the tests know
 which flags, failures and attributes to expect. Embeddings come from pipeline.embed with a tiny
 open_clip config (random weights, CLIP's own 77-token tokenizer), so truncation is real.
@@ -15,13 +15,13 @@ from typing import Any
 
 from PIL import Image
 
+from demo.synthetic import generate
 from pipeline.caption import CaptionConfig
 from pipeline.caption import run as caption_run
 from pipeline.dataset import DatasetDir
 from pipeline.engines.base import EngineInfo, Generation, Prompt
 from pipeline.prompts import ATTRIBUTES
 from pipeline.shards import read_metadata
-from pipeline.synthetic import generate
 
 MODEL = "OpenGVLab/InternVL3-2B-hf"
 

@@ -1,4 +1,5 @@
-"""Shared builders for the embed and reader tests: real shards, a tiny real open_clip config.
+"""Builders for the embed and reader tests: real shards, a tiny real open_clip config (the `embed_clip`
+fixture, in tests/conftest.py, builds it).
 
 A dataset here is what pipeline.caption leaves behind: plan.json, shards written with
 pipeline.shards.write_shard (the `.jpg`/`.json`/`.txt` members of caption.to_shard_sample, plus
@@ -12,8 +13,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from pipeline.dataset import DatasetDir, atomic_write_json, atomic_write_jsonl, dumps_json, make_key
@@ -37,25 +36,6 @@ LONG_CAPTION = " ".join(
 def write_tiny_clip_config(path: Path) -> Path:
     path.write_text(json.dumps(TINY_CLIP), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="session")
-def embed_clip(tmp_path_factory) -> tuple[Path, Path]:
-    """(model-config JSON, checkpoint): a tiny open_clip model with fixed random weights, saved once.
-
-    Its own name, `embed-test-clip`, so it never collides with another test's config in open_clip's
-    global registry.
-    """
-    import open_clip
-
-    root = tmp_path_factory.mktemp("embed_clip")
-    config = write_tiny_clip_config(root / "embed-test-clip.json")
-    open_clip.add_model_config(config)
-    torch.manual_seed(1234)
-    model = open_clip.create_model("embed-test-clip")
-    ckpt = root / "embed-test-clip.pt"
-    torch.save(model.state_dict(), ckpt)
-    return config, ckpt
 
 
 def jpeg(seed: int, size: int = 80) -> bytes:

@@ -1,6 +1,6 @@
 """Synthetic face datasets, drawn with PIL, for tests and the demo (no external assets).
 
-    python -m pipeline.synthetic --out DIR --layout vggface2-hq|celeba-hq \
+    python -m demo.synthetic --out DIR --layout vggface2-hq|celeba-hq \
         [--identities N --per-identity M --seed S --size PX]
 
 Each identity keeps its face shape, skin tone, hair, eye spacing and facial hair; each image varies
@@ -669,7 +669,7 @@ def _write_celeba_lists(out: Path, jobs: list[tuple[int, int, str]], names: list
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m demo.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--layout", required=True, choices=LAYOUTS, help="on-disk layout to write")
     parser.add_argument("--identities", type=int, default=4, help="number of identities")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from demo.tiny_models import build_tiny_internvl, write_clip_tiny
 from pipeline.clip_tower import register_model_config
-from pipeline.tiny_models import build_tiny_internvl, write_clip_tiny
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_clip_tiny_builds_offline(tiny_models_dir):
 
 
 def test_write_clip_tiny_and_cli(tmp_path):
-    from pipeline.tiny_models import main
+    from demo.tiny_models import main
 
     path = write_clip_tiny(tmp_path / "x" / "clip-tiny.json")
     assert json.loads(path.read_text())["text_cfg"]["vocab_size"] == 49408

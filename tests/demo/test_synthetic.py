@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.synthetic import CELEBA_PARTITION_RANGES, MASK_CLASSES, generate, main, mask_relpath
+from demo.synthetic import CELEBA_PARTITION_RANGES, MASK_CLASSES, generate, main, mask_relpath
 
 REQUIRED_MASKS = {"skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip", "hair", "neck"}
 

@@ -1,6 +1,6 @@
 """Tiny random-weight models for tests and the demo, built offline from configs.
 
-`python -m pipeline.tiny_models --out DIR` writes:
+`python -m demo.tiny_models --out DIR` writes:
 
 - `DIR/internvl3-tiny`: an `InternVLForConditionalGeneration` in Hugging Face format, with its
   `InternVLProcessor` (GotOcr2 image processor, InternVL video processor, a byte-level BPE

@@ -26,7 +26,8 @@ def _step(name: str) -> None:
 
 def run(out: Path, identities: int = 4, per_identity: int = 4, size: int = 256) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipeline import caption, synthetic, tiny_models
+    from demo import synthetic, tiny_models
+    from pipeline import caption
 
     start = time.perf_counter()
     data, models, dataset = out / "data" / "vggface2-hq", out / "models", out / "dataset"
@@ -64,8 +65,7 @@ def run(out: Path, identities: int = 4, per_identity: int = 4, size: int = 256) 
 
     card.main(["--dataset", str(dataset)])
     summary["card"] = str(dataset / "README.md")
-    # pipeline never imports training at module level (DESIGN §2); the demo is the one place
-    # that drives both stages, so it imports the trainer lazily here.
+    # the demo is the one place that drives both stages (pipeline never imports training)
     from training import swap, train
 
     run_dir = out / "run"
@@ -94,7 +94,7 @@ def run(out: Path, identities: int = 4, per_identity: int = 4, size: int = 256) 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     p.add_argument("--identities", type=int, default=4)
     p.add_argument("--per-identity", type=int, default=4)
