@@ -20,26 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import gather_object, set_seed
-from PIL import Image
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from pipeline.cli import OneLineParser, fail
-from pipeline.clip_tower import load_clip
-from pipeline.dataset import atomic_open, atomic_write_bytes
 from pipeline.embeddings import EmbeddingsInvalid
 from pipeline.reader import FaceReader, MissingEmbeddings
 from training.checkpoint import (
@@ -50,105 +43,24 @@ from training.checkpoint import (
     save_checkpoint,
     save_generator,
 )
-from training.clip_image import ClipImageTower
 from training.config import MissingWeights, TrainConfig, load_config
 from training.data import BatchStream, Position, draw_pairing, make_swap_batch, reader_config, step_rng
 from training.ema import EMA
-from training.losses import AlphaFaceLoss, LossOutput
-from training.models import IdentityEncoder, build_discriminator, build_generator
-from training.models.identity import TINY_ID, build_identity  # noqa: F401  (TINY_ID: re-exported)
-from training.perceptual import VGGPerceptual
-
-
-class NonFiniteLoss(RuntimeError):
-    """A NaN or Inf loss or gradient norm: training stops, the last good checkpoint is kept."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Frozen networks
-
-
-def build_frozen(cfg: TrainConfig) -> tuple[IdentityEncoder, ClipImageTower | None, VGGPerceptual | None]:
-    identity = build_identity(
-        cfg.id_arch, cfg.id_weights, cfg.emap, cfg.use_emap, cfg.allow_random_weights, seed=cfg.seed
-    )
-    clip = None
-    if cfg.loss.clip_id_weight or cfg.loss.clip_text_weight:
-        # the same model (and, for "none", the same seeded random weights) that embedded the captions
-        clip = ClipImageTower(load_clip(cfg.clip_model, cfg.clip_pretrained).model)
-    vgg = None
-    if cfg.loss.perceptual_weight:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            vgg = VGGPerceptual(cfg.vgg_weights, allow_random=cfg.allow_random_weights, input_size=cfg.vgg_input_size)
-    return identity, clip, vgg
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging helpers (main process)
-
-
-class Meter:
-    """Running sums of named scalars between two log lines; values stay on the device until read."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor | float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-
-    def add(self, values: dict[str, torch.Tensor | float]) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums[k] + (v.detach().float() if isinstance(v, torch.Tensor) else float(v))
-            self.counts[k] += 1
-
-    def pop(self) -> dict[str, tuple[float, int]]:
-        out = {k: (float(v), self.counts[k]) for k, v in self.sums.items()}
-        self.sums.clear()
-        self.counts.clear()
-        return out
-
-
-def merge_meters(gathered: list[dict[str, tuple[float, int]]]) -> dict[str, float]:
-    """Mean of each metric over every rank's values (ranks may report different terms, e.g. mask)."""
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    for part in gathered:
-        for k, (s, n) in part.items():
-            sums[k] += s
-            counts[k] += n
-    return {k: sums[k] / counts[k] for k in sorted(sums)}
-
-
-def sample_grid(source: torch.Tensor, target: torch.Tensor, swap: torch.Tensor) -> Image.Image:
-    """Rows of (source | target | swap), each (N, 3, H, W) in [0, 1]."""
-    rows = torch.cat([source, target, swap], dim=3)  # (N, 3, H, 3W)
-    grid = torch.cat(list(rows), dim=1)  # (3, N*H, 3W)
-    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (N*H, 3W, 3)
-    return Image.fromarray(array, "RGB")
-
-
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-
-
-def _truncate_stats(path: Path, step: int) -> None:
-    """Drop log lines past `step` (written by a run that stopped after its last checkpoint)."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
-    with atomic_open(path, "w") as f:
-        f.write("".join(line + "\n" for line in keep))
-
-
-def _hparams(cfg: TrainConfig) -> dict[str, Any]:
-    """The config flattened to TensorBoard hparam values (scalars and strings)."""
-    out: dict[str, Any] = {}
-    for key, value in cfg.to_dict().items():
-        items = value.items() if isinstance(value, dict) else [("", value)]
-        for sub, v in items:
-            name = f"{key}.{sub}" if sub else key
-            out[name] = v if isinstance(v, int | float | str | bool) else json.dumps(v)
-    return out
+from training.frozen import build_frozen
+from training.guards import NonFiniteLoss, check_enough_data, check_finite, check_grad, check_replicas
+from training.losses import AlphaFaceLoss
+from training.models import build_discriminator, build_generator
+from training.run_log import (
+    Meter,
+    append_jsonl,
+    fixed_pairs,
+    hparams,
+    merge_meters,
+    save_fixed_pairs,
+    truncate_stats,
+    write_config,
+    write_samples,
+)
 
 
 def _release_accelerate_state() -> None:
@@ -205,12 +117,12 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
         stale = remove_temporaries(run_dir)
         if stale:
             accelerator.print(f"removed {len(stale)} unfinished checkpoint folder(s): {[p.name for p in stale]}")
-        _write_config(cfg, run_dir, start_ckpt)
+        write_config(cfg, run_dir, start_ckpt)
     accelerator.wait_for_everyone()
 
     # --- data first: a dataset without embeddings fails here, before any model is built
     reader = FaceReader(reader_config(cfg, rank, world))
-    _check_enough_data(reader, cfg, world)
+    check_enough_data(reader, cfg, world)
 
     # --- models, optimisers, schedules (same seed on every rank)
     set_seed(cfg.seed)
@@ -248,11 +160,11 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
     last_ckpt: Path | None = start_ckpt
     stats_path = run_dir / "stats.jsonl"
     if main:
-        _truncate_stats(stats_path, step)
-    accelerator.init_trackers("tensorboard", config=_hparams(cfg))
+        truncate_stats(stats_path, step)
+    accelerator.init_trackers("tensorboard", config=hparams(cfg))
 
     stream = BatchStream(reader, cfg.num_workers, position)
-    fixed = _fixed_pairs(run_dir) if main else None
+    fixed = fixed_pairs(run_dir) if main else None
     meter = Meter()
     samples_per_step = cfg.batch_size * cfg.grad_accum_steps * world
     bar = tqdm(total=cfg.max_steps, initial=step, unit="step", disable=not (main and cfg.progress), dynamic_ncols=True)
@@ -268,7 +180,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
                 pairing = draw_pairing(raw, cfg, step_rng(cfg.seed, rank, step, micro))
                 batch = make_swap_batch(raw, cfg, pairing, device)
                 if main and fixed is None and cfg.num_samples:
-                    fixed = _save_fixed_pairs(run_dir, batch.source, batch.target, cfg.num_samples)
+                    fixed = save_fixed_pairs(run_dir, batch.source, batch.target, cfg.num_samples)
                 if cfg.both_directions:
                     batch = batch.both_directions()
                 meter.add(
@@ -285,11 +197,11 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
                         D_raw.requires_grad_(phase == "D")  # the G phase's adversarial term must not train D
                         with accelerator.autocast():
                             out = loss(phase, batch, step, fake=fake)
-                        _check_finite(accelerator, out, step, last_ckpt)
+                        check_finite(accelerator, out, step, last_ckpt)
                         accelerator.backward(out.total)
                         if accelerator.sync_gradients and cfg.grad_clip:
                             norm = accelerator.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                            _check_grad(norm, phase, step, cfg, last_ckpt)
+                            check_grad(norm, phase, step, cfg, last_ckpt)
                             meter.add({f"Grad/{phase}_norm": norm})
                         opt.step()
                         opt.zero_grad(set_to_none=True)
@@ -316,18 +228,18 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
                 log_start, log_steps = time.perf_counter(), 0
                 if main:
                     accelerator.log(metrics, step=step)
-                    _append_jsonl(stats_path, {"step": step, "time": round(time.time(), 3), **metrics})
+                    append_jsonl(stats_path, {"step": step, "time": round(time.time(), 3), **metrics})
                     bar.set_postfix(
                         samples_s=f"{metrics['Speed/samples_per_s']:.1f}", G=f"{metrics['Loss/G/total']:.3f}"
                     )
             if main and fixed is not None and (step % cfg.sample_every == 0 or step == cfg.max_steps):
-                _write_samples(accelerator, run_dir, step, fixed, G_raw, ema, identity)
+                write_samples(accelerator, run_dir, step, fixed, G_raw, ema, identity)
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 positions = gather_object([{"epoch": stream.position.epoch, "batches": stream.position.batches}])
                 state = {
                     "step": step,
                     "positions": positions,  # per rank: the epoch it reads and the batches it took
-                    "replicas": _check_replicas(G_raw, D_raw, step),  # per rank: weight checksums, all equal
+                    "replicas": check_replicas(G_raw, D_raw, step),  # per rank: weight checksums, all equal
                     "world_size": world,
                     "num_workers": cfg.num_workers,
                     "batch_size": cfg.batch_size,
@@ -361,64 +273,6 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
 
 # ---------------------------------------------------------------------------------------------
 # Loop helpers
-
-
-def _check_finite(accelerator: Accelerator, out: LossOutput, step: int, last_ckpt: Path | None) -> None:
-    """Stop every rank together on a NaN/Inf loss, naming the step and the terms, before backward."""
-    bad = (~torch.isfinite(out.total.detach().float())).float().reshape(1)
-    if accelerator.reduce(bad, reduction="sum").item() == 0:
-        return
-    terms = [f"{k}={v.item():g}" for k, v in out.terms.items() if not torch.isfinite(v).all()]
-    reports = gather_object([(accelerator.process_index, terms)])
-    where = "; ".join(f"rank {r}: {', '.join(t) or 'total only'}" for r, t in reports if t)
-    raise NonFiniteLoss(
-        f"non-finite loss at step {step + 1}: {where}. Training stopped, nothing of this step was saved; "
-        f"the last good checkpoint is {last_ckpt or 'none (no checkpoint was written yet)'} "
-        "(continue from it with --resume once the cause is fixed: data, learning rate, mixed precision)"
-    )
-
-
-def _check_grad(norm: torch.Tensor | None, net: str, step: int, cfg: TrainConfig, last_ckpt: Path | None) -> None:
-    # fp16 overflows are expected and skipped by the loss scaler; elsewhere a NaN/Inf gradient is fatal
-    if norm is None or cfg.mixed_precision == "fp16" or math.isfinite(float(norm)):
-        return
-    raise NonFiniteLoss(
-        f"non-finite gradient norm of {net} at step {step + 1} ({float(norm)}). Training stopped before "
-        f"{net}'s update; the last good checkpoint is {last_ckpt or 'none (no checkpoint was written yet)'}"
-    )
-
-
-def _check_enough_data(reader: FaceReader, cfg: TrainConfig, world: int) -> None:
-    """Every rank must get a full batch in every epoch it reaches before max_steps, or the others would wait
-    for it forever. Exact: the epoch orders depend on (seed, epoch) only, so each process walks every rank's
-    epochs itself, and all of them reach the same verdict without a collective."""
-    for rank in range(world):
-        steps, epoch = 0, 0
-        while steps < cfg.max_steps:
-            batches = sum(reader.worker_items(epoch, cfg.num_workers, rank))
-            if batches == 0:
-                samples = sum(r.num_samples for r in reader.rank_shards(epoch, rank))
-                raise ValueError(
-                    f"the data is too small: process {rank} gets no full batch of {cfg.batch_size} in epoch {epoch} "
-                    f"({samples} samples, {world} process(es) x {max(cfg.num_workers, 1)} worker(s), each worker "
-                    "dropping its last partial batch); lower batch_size or num_workers, or add data"
-                )
-            steps, epoch = steps + batches, epoch + 1
-            if not reader.config.shuffle:  # every epoch is the same
-                break
-
-
-def _check_replicas(G: torch.nn.Module, D: torch.nn.Module, step: int) -> list[dict[str, float]]:
-    """Every rank must hold the same weights (DDP averages the gradients); a cheap float64 checksum per
-    rank catches a network updated outside DDP's synchronisation."""
-    sums = {
-        name: float(sum(p.detach().double().sum() for p in net.parameters()).item())
-        for name, net in (("G", G), ("D", D))
-    }
-    gathered = gather_object([sums])
-    if any(g != gathered[0] for g in gathered):
-        raise RuntimeError(f"ranks hold different weights at step {step}: {gathered}")
-    return gathered
 
 
 def _init_generator(G: torch.nn.Module, path: str) -> None:
@@ -456,71 +310,6 @@ def _resume_position(
         f"epoch {epoch} (models and optimisers resume exactly, the data order does not)"
     )
     return Position(epoch, 0)
-
-
-def _write_config(cfg: TrainConfig, run_dir: Path, start_ckpt: Path | None) -> None:
-    """The resolved config into RUN_DIR/config.yaml; a resume that changes it keeps the old one beside it."""
-    path = run_dir / "config.yaml"
-    text = cfg.dump_yaml()
-    if path.is_file() and start_ckpt is not None and path.read_text(encoding="utf-8") != text:
-        old = load_config(path).to_dict()
-        changed = sorted(k for k, v in cfg.to_dict().items() if old.get(k) != v)
-        kept = run_dir / f"config.before-{start_ckpt.name}.yaml"
-        os.replace(path, kept)
-        print(f"resume with a changed config ({', '.join(changed)}); the previous one is kept as {kept}")
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fixed_pairs(run_dir: Path) -> dict[str, torch.Tensor] | None:
-    path = run_dir / "samples" / "pairs.safetensors"
-    return load_file(str(path)) if path.is_file() else None
-
-
-def _save_fixed_pairs(run_dir: Path, source: torch.Tensor, target: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-    """The pairs every sample grid of this run shows (the first batch's, stored so resume shows the same)."""
-    pairs = {
-        "source": (source[:n].float().cpu().clamp(0, 1) * 255).round().byte().contiguous(),  # (N, 3, H, W) uint8
-        "target": (target[:n].float().cpu().clamp(0, 1) * 255).round().byte().contiguous(),
-    }
-    path = run_dir / "samples" / "pairs.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(pairs, str(tmp))
-    os.replace(tmp, path)
-    return pairs
-
-
-@torch.no_grad()
-def _write_samples(
-    accelerator: Accelerator,
-    run_dir: Path,
-    step: int,
-    fixed: dict[str, torch.Tensor],
-    G: torch.nn.Module,
-    ema: EMA | None,
-    identity: IdentityEncoder,
-) -> Path:
-    device = accelerator.device
-    source = fixed["source"].to(device).float() / 255
-    target = fixed["target"].to(device).float() / 255
-    was_training = G.training
-    G.eval()
-    z = identity(source)
-    # the EMA weights (what the run exports) without a second copy of the generator
-    swap = torch.func.functional_call(G, ema.shadow, (target, z)) if ema is not None else G(target, z)
-    G.train(was_training)
-    grid = sample_grid(source, target, swap.float())
-    path = run_dir / "samples" / f"step_{step:07d}.png"
-    with atomic_open(path, "wb") as f:
-        grid.save(f, format="PNG")
-    if "tensorboard" in [t.name for t in accelerator.trackers]:
-        writer = accelerator.get_tracker("tensorboard", unwrap=True)
-        writer.add_image("Samples/source_target_swap", np.asarray(grid), step, dataformats="HWC")
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:

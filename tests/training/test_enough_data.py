@@ -9,7 +9,7 @@ import pytest
 from pipeline.reader import FaceReader, ReaderConfig
 from tests.pipeline.shard_builders import make_dataset
 from training.config import TrainConfig
-from training.train import _check_enough_data
+from training.guards import check_enough_data
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,6 @@ def test_a_rank_starved_after_epoch_8_is_found(uneven, embed_clip):
     steps_before = sum(sum(reader.worker_items(e, 1, rank=1)) for e in range(first))
     cfg = dataclasses.replace(TrainConfig(batch_size=2, num_workers=1), max_steps=steps_before + 1)
     with pytest.raises(ValueError, match=f"process 1 gets no full batch of 2 in epoch {first} "):
-        _check_enough_data(reader, cfg, world=2)
+        check_enough_data(reader, cfg, world=2)
     # a run that ends before that epoch is fine
-    _check_enough_data(reader, dataclasses.replace(cfg, max_steps=steps_before), world=2)
+    check_enough_data(reader, dataclasses.replace(cfg, max_steps=steps_before), world=2)
