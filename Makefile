@@ -5,7 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.0 torchvision==0.29.0
-export HF_HUB_OFFLINE ?= 1
+# vLLM's own venv: vLLM pins its torch/transformers, so it never shares .venv
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PIN := vllm==0.33.0
+# Tests and the demo run offline (they set HF_HUB_OFFLINE=1 themselves); caption, embed, train and
+# publish reach the Hub as the user's environment allows.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # caption / embed / train / publish parameters (override on the command line)
 SOURCE ?= vggface2-hq
@@ -42,20 +49,31 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv with torch 2.14 and the project [dev] (idempotent)
 
 test: install ## run the test suite (slow tests excluded)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow" tests
+
+$(VLLM_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "python >= 3.11 needed"'
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q -e '.[vllm,dev]' $(VLLM_PIN)
+	touch $(VLLM_STAMP)
+
+.PHONY: test-vllm
+test-vllm: $(VLLM_STAMP) ## create .venv-vllm (vllm 0.33.0, idempotent) and run the tests marked vllm (CPU, up to the forward)
+	$(OFFLINE) $(VLLM_PY) -m pytest -q -m vllm tests
 
 test-all: install ## run every test, slow ones included
-	$(PY) -m pytest -q tests
+	$(OFFLINE) $(PY) -m pytest -q tests
 
 lint: install ## ruff check and format check
-	$(VENV)/bin/ruff check pipeline training tests bench
-	$(VENV)/bin/ruff format --check pipeline training tests bench
+	$(VENV)/bin/ruff check pipeline training demo tests bench
+	$(VENV)/bin/ruff format --check pipeline training demo tests bench
 
 demo: install ## the whole flow on synthetic data with tiny models, on CPU
-	$(PY) -m pipeline.demo --out $(DEMO)
+	$(OFFLINE) $(PY) -m demo --out $(DEMO)
 
 bench: install ## every benchmark; one JSON line each
-	@for b in bench/[!_]*.py; do echo "# $$b" >&2; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "# $$b" >&2; $(OFFLINE) $(PY) $$b || exit 1; done
 
 caption: install ## caption INPUT into OUT: SOURCE= INPUT= OUT= MODEL= ENGINE= PROMPT= GPUS= [NNODES= ARGS=]
 	@test -n "$(INPUT)" -a -n "$(OUT)" || { echo "usage: make caption SOURCE=vggface2-hq INPUT=DIR OUT=DATASET MODEL=... GPUS=8"; exit 2; }

@@ -1,9 +1,13 @@
 """Stage one: caption the target faces into resumable WebDataset shards.
 
-    plan (sources) -> load (images) -> caption (engine + prompts) -> write (shards) -> stats
+    plan (sources) -> load (images, a shard ahead) -> caption (engine + prompts) -> write (shards) -> stats
 
     python -m pipeline.caption --source vggface2-hq --input DIR --output DATASET \
         --engine vllm --model OpenGVLab/InternVL3-14B-hf
+    python -m pipeline.caption --source alphaface --input 256_small --output DATASET --engine existing
+
+`--engine existing` runs no model: each caption is the source's own (txt/), validated and flagged
+as an engine's answer would be.
 
 Process `rank` of `world_size` does the shards with `index % world_size == rank`. A shard is done
 iff its stats file exists; a rerun of the same command skips done shards and redoes the rest whole,
@@ -32,12 +36,14 @@ from pipeline.dataset import (
     sanitize,
 )
 from pipeline.distributed import my_shards, resolve_device, resolve_rank
-from pipeline.engines.base import CaptionEngine, Generation, Prompt
-from pipeline.images import DEFAULT_MAX_PIXELS, BadInput, LoadedImage, build_celeba_mask, load_image
+from pipeline.engines.base import CaptionEngine, EngineInfo, Generation, Prompt
+from pipeline.engines.existing import ExistingEngine
+from pipeline.images import DEFAULT_MAX_PIXELS, BadInput, LoadedImage, build_celeba_labels, check_mask, load_image
 from pipeline.metadata import sample_meta
 from pipeline.plan import PlanMismatch, load_or_create_plan, shard_records
 from pipeline.prompts import (
     PROMPTS,
+    SOURCE_PROMPT,
     MalformedAnswer,
     caption_flags,
     clean_caption,
@@ -48,7 +54,16 @@ from pipeline.prompts import (
     word_stats,
 )
 from pipeline.shards import ShardSample, write_shard
-from pipeline.sources import CELEBA_MASK_CLASSES, SOURCES, SourceRecord
+from pipeline.sources import (
+    CAPTIONED_SOURCES,
+    CELEBA_LABELS,
+    MASK_CELEBA_LABELS,
+    MASK_FORMATS,
+    SOURCES,
+    SourceRecord,
+)
+
+ENGINES = ("vllm", "transformers", "existing")
 
 
 @dataclass(frozen=True)
@@ -67,10 +82,14 @@ class CaptionConfig:
     )  # the one image member of every sample
     overwrite: bool = False  # delete an output directory planned with other settings
     # --- engine
-    engine: str = field(default="vllm", metadata={"choices": ["vllm", "transformers"]})  # vllm (GPU) | transformers
+    engine: str = field(
+        default="vllm", metadata={"choices": list(ENGINES)}
+    )  # vllm (GPU) | transformers | existing (the source's own captions, no model)
     model: str = "OpenGVLab/InternVL3-14B-hf"  # hub name or local path
-    prompt: str = field(default="holistic", metadata={"choices": sorted(PROMPTS)})  # holistic | structured
-    batch_size: int | None = None  # images per engine call; default 64 for vllm, 8 for transformers
+    prompt: str = field(
+        default="holistic", metadata={"choices": sorted(PROMPTS)}
+    )  # holistic | structured | paper (the paper's, verbatim); --engine existing runs none
+    batch_size: int | None = None  # images per engine call; default: a whole shard for vllm, 8 for transformers
     max_new_tokens: int = 96  # answers cut here are flagged `truncated`
     image_size: int = 448  # images are pre-resized to this square before the engine
     max_dynamic_patch: int = 1  # InternVL tiles per image; 1 = 256 image tokens
@@ -88,11 +107,16 @@ class CaptionConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size is None:
-            object.__setattr__(self, "batch_size", 64 if self.engine == "vllm" else 8)
+            object.__setattr__(self, "batch_size", self.shard_size if self.engine == "vllm" else 8)
         if self.source not in SOURCES:
             raise ValueError(f"--source must be one of {sorted(SOURCES)}")
-        if self.engine not in ("vllm", "transformers"):
-            raise ValueError("--engine must be vllm or transformers")
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}")
+        if self.engine == "existing" and self.source not in CAPTIONED_SOURCES:
+            raise ValueError(
+                f"--engine existing takes each caption from the source, and {self.source} has none: "
+                f"use --source {' or '.join(CAPTIONED_SOURCES)}"
+            )
         if self.image_format not in ("jpg", "png"):
             raise ValueError("--image-format must be jpg or png")
         for name in (
@@ -113,9 +137,14 @@ class CaptionConfig:
     def name(self) -> str:
         return sanitize(self.dataset_name or self.source)
 
+    @property
+    def caption_prompt(self) -> Prompt:
+        """The prompt the captions come from: none runs with `--engine existing`."""
+        return SOURCE_PROMPT if self.engine == "existing" else get_prompt(self.prompt)
+
     def fingerprint(self) -> dict[str, Any]:
         """Settings that decide the dataset's content. A rerun must match them exactly."""
-        return {
+        fp = {
             "source": self.source,
             "input": str(Path(self.input).resolve()),
             "dataset_name": self.name,
@@ -125,11 +154,15 @@ class CaptionConfig:
             "image_format": self.image_format,
             "engine": self.engine,
             "model": self.model,
-            "prompt_id": get_prompt(self.prompt).prompt_id,
+            "prompt_id": self.caption_prompt.prompt_id,
             "max_new_tokens": self.max_new_tokens,
             "image_size": self.image_size,
             "max_dynamic_patch": self.max_dynamic_patch,
         }
+        if self.engine == "existing":  # no model runs: its settings decide nothing
+            for name in ("model", "max_new_tokens", "image_size", "max_dynamic_patch"):
+                del fp[name]
+        return fp
 
 
 # ---------------------------------------------------------------- records flowing between steps
@@ -150,6 +183,16 @@ class Sample:
     has_mask: bool = False
 
 
+def _load_mask(root: Path, record: SourceRecord, source: str, max_pixels: int) -> bytes:
+    """The mask member, without losing information: CelebAMask-HQ parts as one label map; a mask
+    file (the official layout's) as given."""
+    if record.mask_path is None:
+        raise BadInput("mask_missing", "no mask for this image")
+    if MASK_FORMATS[source] == MASK_CELEBA_LABELS:
+        return build_celeba_labels(root, record.mask_path, CELEBA_LABELS)
+    return check_mask((root / record.mask_path).read_bytes(), max_pixels)
+
+
 def _load_one(record: SourceRecord, cfg: CaptionConfig, want_mask: bool) -> Sample:
     sample = Sample(record)
     root = Path(cfg.input)
@@ -157,28 +200,28 @@ def _load_one(record: SourceRecord, cfg: CaptionConfig, want_mask: bool) -> Samp
         data = (root / record.source_path).read_bytes()
         sample.image = load_image(data, cfg.image_format, cfg.image_size, cfg.max_pixels)
         if want_mask:
-            if record.mask_path is None:
-                raise BadInput("mask_missing", "no mask for this image")
-            sample.mask = build_celeba_mask(root, record.mask_path, CELEBA_MASK_CLASSES)
+            sample.mask = _load_mask(root, record, cfg.source, cfg.max_pixels)
     except BadInput as e:
         sample.error, sample.detail = ("load", e.reason), e.detail
-    except OSError as e:  # unreadable file, vanished file, permission
+    except FileNotFoundError as e:  # a caption without its image (alphaface), or a file that vanished
+        missing = "mask_missing" if sample.image is not None else "image_missing"
+        sample.error, sample.detail = ("read", missing), str(e)
+    except OSError as e:  # unreadable file, permission
         sample.error, sample.detail = ("read", "unreadable_file"), str(e)
     return sample
 
 
-def load_step(records: list[SourceRecord], cfg: CaptionConfig, want_mask: bool) -> Iterator[list[Sample]]:
-    """Decode batch k+1 on worker threads while the engine captions batch k."""
-    batches = [records[i : i + cfg.batch_size] for i in range(0, len(records), cfg.batch_size)]
-    with ThreadPoolExecutor(cfg.workers) as pool:
+def load_shard(
+    pool: ThreadPoolExecutor, records: list[SourceRecord], cfg: CaptionConfig, want_mask: bool
+) -> list[Future[Sample]]:
+    """Start decoding a whole shard on the worker threads; the futures come back in listing order."""
+    return [pool.submit(_load_one, r, cfg, want_mask) for r in records]
 
-        def submit(batch: list[SourceRecord]) -> list[Future[Sample]]:
-            return [pool.submit(_load_one, r, cfg, want_mask) for r in batch]
 
-        pending = submit(batches[0]) if batches else []
-        for k in range(len(batches)):
-            current, pending = pending, submit(batches[k + 1]) if k + 1 < len(batches) else []
-            yield [f.result() for f in current]
+def batches_of(loaded: list[Future[Sample]], size: int) -> Iterator[list[Sample]]:
+    """The loaded samples in engine batches, each waiting only for its own images."""
+    for i in range(0, len(loaded), size):
+        yield [f.result() for f in loaded[i : i + size]]
 
 
 def _apply(sample: Sample, gen: Generation, prompt: Prompt) -> None:
@@ -216,6 +259,19 @@ def caption_step(batches: Iterable[list[Sample]], engine: CaptionEngine, prompt:
         yield from batch
 
 
+def source_caption_step(batches: Iterable[list[Sample]], engine: ExistingEngine, prompt: Prompt) -> Iterator[Sample]:
+    """`--engine existing`: each loaded sample's caption is its source's own, validated and flagged
+    as an engine's answer is; a caption that cannot be used fails the sample (counted, recorded)."""
+    for batch in batches:
+        for sample in batch:
+            if sample.error is None:
+                try:
+                    _apply(sample, engine.read(sample.record), prompt)
+                except BadInput as e:
+                    sample.error, sample.detail = ("caption", e.reason), e.detail
+            yield sample
+
+
 def to_shard_sample(sample: Sample, engine_model: str, prompt: Prompt, image_format: str) -> ShardSample:
     r, img = sample.record, sample.image
     assert img is not None
@@ -244,36 +300,51 @@ def to_shard_sample(sample: Sample, engine_model: str, prompt: Prompt, image_for
     return ShardSample(r.key, members)
 
 
-def process_shard(
+@dataclass
+class CaptionedShard:
+    """One shard's results, ready to write: encoded samples (decoded images already released)."""
+
+    index: int
+    records: list[SourceRecord]
+    samples: list[ShardSample]
+    written: list[Sample]
+    failed: list[Sample]
+    start: float
+
+
+def caption_shard(
     index: int,
-    ds: DatasetDir,
-    plan: dict[str, Any],
+    records: list[SourceRecord],
+    loaded: list[Future[Sample]],
     cfg: CaptionConfig,
     engine: CaptionEngine,
     bar: tqdm | None = None,
-) -> dict[str, Any]:
+) -> CaptionedShard:
+    """Caption one shard's loaded samples, in engine calls of `cfg.batch_size` (a whole shard for vLLM)."""
     start = time.perf_counter()
     prompt = get_prompt(cfg.prompt)
-    records = shard_records(plan, index)
-    want_mask = bool(plan["has_masks"])
-    written: list[Sample] = []
-    failed: list[Sample] = []
+    out = CaptionedShard(index, records, [], [], [], start)
+    for s in caption_step(batches_of(loaded, cfg.batch_size), engine, prompt):
+        if bar is not None:
+            bar.update(1)
+        if s.error is not None:
+            out.failed.append(s)
+            continue
+        out.samples.append(to_shard_sample(s, engine.info.model, prompt, cfg.image_format))
+        # Keep only what the stats need: a shard's decoded images would otherwise stay in memory.
+        s.transcoded, s.has_mask, s.image, s.mask = bool(s.image.transcoded_from), s.mask is not None, None, None
+        out.written.append(s)
+    return out
 
-    def ok_samples() -> Iterator[ShardSample]:
-        for s in caption_step(load_step(records, cfg, want_mask), engine, prompt):
-            if bar is not None:
-                bar.update(1)
-            if s.error is not None:
-                failed.append(s)
-                continue
-            shard_sample = to_shard_sample(s, engine.info.model, prompt, cfg.image_format)
-            # Keep only what the stats need: a shard's decoded images would otherwise stay in memory.
-            s.transcoded, s.has_mask, s.image, s.mask = bool(s.image.transcoded_from), s.mask is not None, None, None
-            written.append(s)
-            yield shard_sample
 
+def write_outputs(
+    shard: CaptionedShard, ds: DatasetDir, plan: dict[str, Any], cfg: CaptionConfig, info: EngineInfo
+) -> dict[str, Any]:
+    """The shard's tar, errors and stats; the stats last and atomically, marking the shard done."""
+    index, records, written, failed = shard.index, shard.records, shard.written, shard.failed
+    prompt = get_prompt(cfg.prompt)
     shard_path = ds.shard_path(plan["name"], index)
-    write_shard(shard_path, ok_samples())
+    write_shard(shard_path, shard.samples)
 
     errors = [
         {
@@ -292,7 +363,7 @@ def process_shard(
     for s in written:
         for name, value in (s.attributes or {}).items():
             attrs.setdefault(name, Counter())[value.lower()] += 1
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - shard.start
     stats = {
         "shard": index,
         "shard_file": shard_path.name,
@@ -309,7 +380,7 @@ def process_shard(
         "prompt_id": prompt.prompt_id,
         "prompt_text": prompt.text,
         "image_format": cfg.image_format,
-        "engine": asdict(engine.info),
+        "engine": asdict(info),
         "seconds": round(seconds, 3),
         "images_per_second": round(len(records) / seconds, 3) if seconds > 0 else None,
     }
@@ -319,6 +390,8 @@ def process_shard(
 
 
 def build_engine(cfg: CaptionConfig) -> CaptionEngine:
+    if cfg.engine == "existing":
+        return ExistingEngine(Path(cfg.input), cfg.source)
     if cfg.engine == "vllm":
         from pipeline.engines.vllm_engine import VLLMEngine
 
@@ -382,15 +455,36 @@ def run(cfg: CaptionConfig, engine: CaptionEngine | None = None) -> dict[str, An
         disable=not cfg.progress,
         dynamic_ncols=True,
     )
-    try:
-        for index in todo:
-            # only this shard's owner may delete its leftovers: other ranks are writing theirs
-            remove_temporaries_of(ds.shard_path(plan["name"], index), ds.errors_path(index), ds.stats_path(index))
-            stats = process_shard(index, ds, plan, cfg, engine, bar)
+    # Shard k+1 decodes on the worker threads while the engine captions shard k, and shard k is written
+    # by a writer thread while the engine starts on shard k+1: the engine never waits for the host.
+    pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="decode")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="write")
+    want_mask = bool(plan["has_masks"])
+    writing: Future[dict[str, Any]] | None = None
+
+    def finish(done: Future[dict[str, Any]] | None) -> None:
+        if done is not None:
+            stats = done.result()  # a failed write (full disk) stops the run here; that shard has no stats
             summary["done_now"] += 1
             summary["ok"] += stats["ok"]
             summary["failed"] += sum(stats["failed"].values())
+
+    try:
+        upcoming = load_shard(pool, shard_records(plan, todo[0]), cfg, want_mask)
+        for k, index in enumerate(todo):
+            records, loaded = shard_records(plan, index), upcoming
+            if k + 1 < len(todo):
+                upcoming = load_shard(pool, shard_records(plan, todo[k + 1]), cfg, want_mask)
+            # only this shard's owner may delete its leftovers: other ranks are writing theirs
+            remove_temporaries_of(ds.shard_path(plan["name"], index), ds.errors_path(index), ds.stats_path(index))
+            captioned = caption_shard(index, records, loaded, cfg, engine, bar)
+            finish(writing)
+            writing = writer.submit(write_outputs, captioned, ds, plan, cfg, engine.info)
+        finish(writing)
+        writing = None
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)  # a write in flight completes whole (atomic files) before we leave
         bar.close()
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["images_per_second"] = round(total / summary["seconds"], 3) if summary["seconds"] else None
