@@ -1,4 +1,4 @@
-"""The dataset directory: the on-disk contract between the stages (DESIGN §3).
+"""The dataset directory: the on-disk contract between the stages (docs/design.md §3).
 
     DATASET/
       plan.json                         which inputs belong to each shard; written once
@@ -16,6 +16,7 @@ dot and end in `.tmp`, so no reader ever sees a half-written `*.tar`.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -112,7 +113,7 @@ def remove_temporaries_of(*targets: Path) -> None:
     Only the process that owns the targets may call this: another rank may be writing its own.
     """
     for target in targets:
-        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +142,7 @@ class TrainConfig:
         if self.num_workers < 0 or self.num_samples < 0:
             raise ValueError("num_workers and num_samples must be >= 0")
         unknown = set(self.pairs) - set(PAIR_KINDS)
-        if unknown or any(v < 0 for v in self.pairs.values()) or sum(self.pairs.values()) <= 0:
+        if unknown or not all(v >= 0 for v in self.pairs.values()) or not sum(self.pairs.values()) > 0:
             raise ValueError(f"pairs must map {PAIR_KINDS} to rates >= 0 with a positive sum, got {self.pairs}")
         if not 0.0 <= self.flip <= 1.0:
             raise ValueError(f"flip must be a probability, got {self.flip}")
@@ -161,7 +162,7 @@ class TrainConfig:
             raise ValueError("need lr_g, lr_d > 0, weight_decay >= 0 and 0 < lr_gamma <= 1")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if self.grad_clip < 0:
+        if not self.grad_clip >= 0:  # NaN fails too
             raise ValueError("grad_clip must be >= 0 (0 disables)")
         if self.device not in ("auto", "cpu"):
             raise ValueError(f"device must be auto or cpu, got {self.device!r}")
@@ -268,7 +269,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         raise ValueError(f"{name} must be a number, got {value!r}")
     if isinstance(default, float):
         return float(number)
-    if float(number) != int(number):
+    if not math.isfinite(number) or float(number) != int(number):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return int(number)
 
@@ -328,6 +329,8 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             if top not in MAPPING_FIELDS:
                 raise ValueError(f"--set {key}: {top!r} is not a mapping field")
             current = out.get(top)
+            if current is None:  # not in the file: start from the field's default, not from nothing
+                current = getattr(TrainConfig(), top)
             if isinstance(current, LossConfig):
                 current = dataclasses.asdict(current)
             out[top] = {**(current or {}), sub: value}
@@ -342,6 +345,8 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}{_suggest(unknown[0], known)}")
     defaults = TrainConfig()
+    # a mapping field left empty in YAML (`pairs:` with its entries commented out) means its default
+    values = {k: v for k, v in values.items() if not (k in MAPPING_FIELDS and k != "loss" and v is None)}
     values = {k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
     if "loss" in values:  # a partial loss mapping fills up from LossConfig's own (official) defaults
         values["loss"] = _loss_config(values["loss"] or {})

@@ -40,6 +40,11 @@ class EMA:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if set(state) != set(self.shadow):
             raise ValueError(f"EMA state does not match the model: {sorted(set(state) ^ set(self.shadow))[:5]}")
+        reshaped = [k for k, v in state.items() if tuple(v.shape) != tuple(self.shadow[k].shape)]
+        if reshaped:
+            k = reshaped[0]
+            raise ValueError(
+                f"EMA state does not match the model: {k} is {tuple(state[k].shape)}, not {tuple(self.shadow[k].shape)}"
+            )
         device = next(iter(self.shadow.values())).device
         self.shadow = {k: v.to(device=device, dtype=torch.float32).clone() for k, v in state.items()}
-
