@@ -322,9 +322,15 @@ def caption_shard(
 ) -> CaptionedShard:
     """Caption one shard's loaded samples, in engine calls of `cfg.batch_size` (a whole shard for vLLM)."""
     start = time.perf_counter()
-    prompt = get_prompt(cfg.prompt)
+    prompt = cfg.caption_prompt
     out = CaptionedShard(index, records, [], [], [], start)
-    for s in caption_step(batches_of(loaded, cfg.batch_size), engine, prompt):
+    batches = batches_of(loaded, cfg.batch_size)
+    captioned = (
+        source_caption_step(batches, engine, prompt)
+        if isinstance(engine, ExistingEngine)
+        else caption_step(batches, engine, prompt)
+    )
+    for s in captioned:
         if bar is not None:
             bar.update(1)
         if s.error is not None:
@@ -342,7 +348,7 @@ def write_outputs(
 ) -> dict[str, Any]:
     """The shard's tar, errors and stats; the stats last and atomically, marking the shard done."""
     index, records, written, failed = shard.index, shard.records, shard.written, shard.failed
-    prompt = get_prompt(cfg.prompt)
+    prompt = cfg.caption_prompt
     shard_path = ds.shard_path(plan["name"], index)
     write_shard(shard_path, shard.samples)
 
@@ -374,6 +380,7 @@ def write_outputs(
         "identity_words": dict(sorted(Counter(w for s in written for w in identity_words(s.caption)).items())),
         "transcoded": sum(s.transcoded for s in written),
         "with_mask": sum(s.has_mask for s in written),
+        "mask_format": MASK_FORMATS[cfg.source] if plan["has_masks"] else None,  # what `.mask.png` holds
         "caption_words": word_stats([len(s.caption.split()) for s in written]),
         "caption_word_counts": [len(s.caption.split()) for s in written],
         "attributes": {k: dict(v.most_common(50)) for k, v in sorted(attrs.items())},

@@ -1,4 +1,4 @@
-"""Dataset cards (DESIGN §8): README.md rendered from a dataset's own stats, with plots in assets/.
+"""Dataset cards (docs/design.md §8): README.md rendered from a dataset's own stats, with plots in assets/.
 
     python -m pipeline.card --dataset DATASET [--out DATASET/README.md] [--repo-id USER/NAME] \
         [--include-images] [--clip-tag TAG ...]
@@ -42,12 +42,19 @@ from pipeline.hub import (
     source_of,
     split_of,
 )
-from pipeline.prompts import PROMPTS, word_stats
+from pipeline.prompts import PROMPTS, SOURCE_PROMPT, WORD_LIMITS, word_stats
+from pipeline.sources import CELEBA_LABELS, MASK_CELEBA_LABELS, MASK_REGION
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "data_cards"
 
 ATTRIBUTE_VALUES_SHOWN = 8  # per attribute, in the card's tables and plot
-HOLISTIC_WORD_LIMIT = 60  # what the holistic prompt asks for; drawn on the caption-length plot
+# What a `.mask.png` member holds, by the shards' `mask_format` (shards before it hold binary regions).
+MASK_DESCRIPTIONS = {
+    MASK_CELEBA_LABELS: "a CelebAMask-HQ label map: one channel, pixel = class index ("
+    + ", ".join(f"{i} {c}" for i, c in enumerate(CELEBA_LABELS))
+    + "; where parts overlap, the later class wins)",
+    MASK_REGION: "a binary region: white where the swap may repaint the face, black elsewhere",
+}
 
 
 class IncompleteDataset(ValueError):
@@ -165,6 +172,7 @@ def dataset_facts(dataset_dir: str | Path, clip_tags: list[str] | None = None) -
     attributes: dict[str, Counter[str]] = {}
     engines: Counter[str] = Counter()
     word_counts: list[int] = []
+    mask_formats: Counter[str] = Counter()  # shards with masks, by what their masks hold
     for s in stats:
         _merge(failed, s.get("failed", {}))
         _merge(flags, s.get("flags", {}))
@@ -174,6 +182,8 @@ def dataset_facts(dataset_dir: str | Path, clip_tags: list[str] | None = None) -
         if s.get("engine"):
             engines[json.dumps(s["engine"], sort_keys=True)] += 1
         word_counts += s.get("caption_word_counts", [])
+        if s.get("with_mask"):
+            mask_formats[s.get("mask_format") or MASK_REGION] += 1
 
     failed_keys = {e.get("key") for i in shards for e in _read_errors(ds, i)}
     identities = {row[1] for rows in plan["shards"] for row in rows if row[0] not in failed_keys and row[1]}
@@ -193,6 +203,7 @@ def dataset_facts(dataset_dir: str | Path, clip_tags: list[str] | None = None) -
         "identity_words": dict(id_words.most_common()),
         "transcoded": sum(int(s.get("transcoded", 0)) for s in stats),
         "with_mask": sum(int(s.get("with_mask", 0)) for s in stats),
+        "mask_formats": dict(sorted(mask_formats.items())),
         "identities": len(identities),
         "caption_words": word_stats(word_counts),
         "caption_word_counts": word_counts,
@@ -260,8 +271,9 @@ def write_plots(facts: dict[str, Any], assets_dir: Path) -> dict[str, str]:
     if counts:
         lo, hi = min(counts), max(counts)
         ax.hist(counts, bins=range(lo, hi + 2), color="#4c72b0", align="left")
-    if facts["json_schema"] is None:
-        ax.axvline(HOLISTIC_WORD_LIMIT, color="#c44e52", linestyle="--", label=f"{HOLISTIC_WORD_LIMIT} words (prompt)")
+    limit = WORD_LIMITS.get(str(facts["prompt_id"]))
+    if limit is not None:
+        ax.axvline(limit, color="#c44e52", linestyle="--", label=f"{limit} words (prompt)")
         ax.legend(fontsize=8)
     ax.set_xlabel("words per caption")
     ax.set_ylabel("captions")
@@ -330,9 +342,27 @@ def _tiling(max_dynamic_patch: int, image_size: int) -> str:
     )
 
 
+def _masks(facts: dict[str, Any]) -> str:
+    return "; ".join(MASK_DESCRIPTIONS.get(f, f) for f in facts["mask_formats"]) or "none"
+
+
 def captioning_section(facts: dict[str, Any]) -> str:
     out = []
-    for e in facts["engines"]:
+    existing = [e for e in facts["engines"] if e.get("engine") == "existing"]
+    for e in existing:
+        rows = [
+            ["Captions", f"the source's own (`txt/` files), not generated here (`{e.get('model')}`)"],
+            ["Shards captioned this way", f"{e['shards']:,} of {facts['num_shards']:,}"],
+        ]
+        out.append(_table(["Setting", "Value"], rows))
+        out.append(
+            "No model ran and no prompt was given: each caption is its source file's text, with whitespace "
+            "collapsed. Images whose caption file is missing, empty or not UTF-8 are counted as failures; each "
+            "caption is checked for words about who the person is and flagged `identity_words` when it has any."
+        )
+    if existing and len(existing) == len(facts["engines"]):
+        return "\n\n".join(out)
+    for e in (e for e in facts["engines"] if e.get("engine") != "existing"):
         rows = [
             ["Model", f"`{e.get('model')}`"],
             ["Engine", f"{e.get('engine')} {e.get('engine_version')}"],
@@ -374,7 +404,8 @@ def statistics_section(facts: dict[str, Any], plots: dict[str, str]) -> str:
                 _row("Shards", f"{facts['num_shards']:,}"),
                 _row("Identities", f"{facts['identities']:,}"),
                 _row("Images re-encoded to RGB", f"{facts['transcoded']:,}"),
-                _row("Samples with a face+hair mask", f"{facts['with_mask']:,}"),
+                _row("Samples with a mask", f"{facts['with_mask']:,}"),
+                _row("Masks", _masks(facts)),
                 _row("Captioning time (sum over shards)", _duration(facts["seconds"])),
             ],
         )
@@ -467,7 +498,7 @@ def data_format_section(facts: dict[str, Any], include_images: bool, repo_id: st
         out.append(
             f"The default config is the WebDataset shards, `{DATA_DIR}/{name}-NNNNNN.tar`. Each sample has the "
             f"members `<key>.{facts['image_format']}` (the image), `<key>.json` (the metadata below), `<key>.txt` "
-            "(the caption)" + (" and `<key>.mask.png` (face+hair mask)" if facts["with_mask"] else "") + ". "
+            "(the caption)" + (f" and `<key>.mask.png` ({_masks(facts)})" if facts["with_mask"] else "") + ". "
             "The same annotations, with the CLIP embeddings, are in Parquet beside them, "
             f"`{parquet_dir}/{name}-NNNNNN.parquet`, one file per shard (columns below)."
         )
@@ -609,7 +640,11 @@ def card_values(
         "num_identities": f"{facts['identities']:,}",
         "caption_model": f"`{model}`",
         "prompt_id": f"`{facts['prompt_id']}`",
-        "caption_mode": "structured (one JSON field per attribute)" if facts["json_schema"] else "holistic free text",
+        "caption_mode": "structured (one JSON field per attribute)"
+        if facts["json_schema"]
+        else "the source's own captions"
+        if facts["prompt_id"] == SOURCE_PROMPT.prompt_id
+        else "holistic free text",
         "clip_models": ", ".join(f"`{c['model']}` (`{c['pretrained']}`)" for c in facts["clip"].values()) or "none",
         "identity_word_share": _pct(flagged, facts["samples"]),
         "truncation_share": _pct(facts["flags"].get("truncated", 0), facts["samples"]),

@@ -1,4 +1,4 @@
-"""The embed stage: cached CLIP text and image embeddings beside the shards (DESIGN §3, §7).
+"""The embed stage: cached CLIP text and image embeddings beside the shards (docs/design.md §3, §7).
 
     shard (tar reader) -> texts (dedup, tokenize) -> images (decode threads) -> CLIP -> parquet -> stats
 

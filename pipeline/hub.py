@@ -45,6 +45,9 @@ LICENCES: dict[str, SourceInfo] = {
     "celeba-hq": SourceInfo("celeba-hq.md", "CelebA-HQ", images_redistributable=False),
     # Web photographs, largely copyrighted by their owners.
     "vggface2-hq": SourceInfo("vggface2-hq.md", "VGGFace2-HQ", images_redistributable=False),
+    # The official AlphaFace sample data: FFHQ and LPFF crops, whose images keep their own (mostly
+    # non-commercial or unknown) licences.
+    "alphaface": SourceInfo("generic.md", "AlphaFace sample data (FFHQ/LPFF)", images_redistributable=False),
 }
 
 

@@ -113,7 +113,7 @@ def load_image(
     if keep:
         width, height = img.size
         if fmt == "JPEG":
-            # DCT-scaled decoding: a 1024 JPEG decodes at 512, about 1.8x faster (DESIGN §9).
+            # DCT-scaled decoding: a 1024 JPEG decodes at 512, about 1.8x faster (docs/design.md §9).
             img.draft("RGB", (image_size, image_size))
         _load(img)
         engine = img if img.size == (image_size, image_size) else img.resize((image_size, image_size), Image.BICUBIC)
@@ -129,11 +129,13 @@ def load_image(
     return LoadedImage(_encode(rgb, image_format), what, rgb.width, rgb.height, engine)
 
 
-def build_celeba_mask(root: Path, prefix: str, classes: tuple[str, ...], size: int = 512) -> bytes:
-    """Union of CelebAMask-HQ part masks `<prefix>_<class>.png` into one 0/255 PNG."""
-    union = np.zeros((size, size), dtype=bool)
+def build_celeba_labels(root: Path, prefix: str, labels: tuple[str, ...], size: int = 512) -> bytes:
+    """CelebAMask-HQ part masks `<prefix>_<class>.png` as one label-map PNG: pixel = index in `labels`
+    (0 = background, where no part is). Parts are painted in label order, so where two overlap the
+    later class wins, as in CelebAMask-HQ's own conversion (g_mask.py)."""
+    label_map = np.zeros((size, size), dtype=np.uint8)
     found = 0
-    for cls in classes:
+    for index, cls in enumerate(labels[1:], start=1):
         path = root / f"{prefix}_{cls}.png"
         if not path.is_file():
             continue
@@ -142,12 +144,25 @@ def build_celeba_mask(root: Path, prefix: str, classes: tuple[str, ...], size: i
                 part = part.convert("L")
                 if part.size != (size, size):
                     part = part.resize((size, size), Image.NEAREST)
-                union |= np.asarray(part) > 127
+                label_map[np.asarray(part) > 127] = index
         except (OSError, SyntaxError, ValueError) as e:
             raise BadInput("corrupt_mask", f"{path.name}: {e}") from None
         found += 1
     if found == 0:
         raise BadInput("mask_missing", f"no {prefix}_<class>.png parts")
     buf = io.BytesIO()
-    Image.fromarray(union.astype(np.uint8) * 255, "L").save(buf, format="PNG")
+    Image.fromarray(label_map, "L").save(buf, format="PNG")
     return buf.getvalue()
+
+
+def check_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """A mask file kept as given (the official layout's): its bytes, once they decode as an image. A
+    mask in another format than PNG is re-encoded as PNG (lossless), as the `.mask.png` member says."""
+    try:
+        img = _open(data, max_pixels)
+        _load(img)
+    except BadInput as e:
+        raise BadInput("corrupt_mask", f"{e.reason}: {e.detail}" if e.detail else e.reason) from None
+    if img.format == "PNG":
+        return data
+    return _encode(img if img.mode in ("1", "L", "RGB", "RGBA") else img.convert("RGB"), "png")

@@ -1,4 +1,4 @@
-"""Versioned caption prompts, structured-answer validation, and caption flags (DESIGN §6).
+"""Versioned caption prompts, structured-answer validation, and caption flags (docs/design.md §6).
 
 Captions describe the target's attributes (pose, gaze, expression, lighting, background,
 accessories, facial hair, hair, occlusions) and never who the person is: identity words fight the
@@ -49,10 +49,23 @@ STRUCTURED_TEXT = (
     "'none'). Keep each field short. Do not mention identity: no names, gender, ethnicity or age."
 )
 
+# The paper's own prompt, verbatim (arXiv 2601.16429). It does not forbid identity words, so its
+# captions get flagged more often; 70 words can run past CLIP's 77 tokens (embed flags those).
+PAPER_TEXT = (
+    "Describe pose, background, facial accessories, and all obstacles covering the face area in the given "
+    "face image. Only 70 words are allowed."
+)
+
 PROMPTS: dict[str, Prompt] = {
     "holistic": Prompt("holistic-v1", HOLISTIC_TEXT),
     "structured": Prompt("structured-v1", STRUCTURED_TEXT, STRUCTURED_SCHEMA),
+    "paper": Prompt("paper-v1", PAPER_TEXT),
 }
+# The word limit each free-text prompt asks for (drawn on the card's caption-length plot).
+WORD_LIMITS = {"holistic-v1": 60, "paper-v1": 70}
+
+# `--engine existing`: no prompt runs; each caption is the source's own file, recorded under this id.
+SOURCE_PROMPT = Prompt("source", "")
 
 # Sentence templates composing a caption from structured fields; read like AlphaFace's captions.
 _TEMPLATES = {

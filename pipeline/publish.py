@@ -1,4 +1,4 @@
-"""Stage three: publish a captioned dataset to the Hugging Face Hub with a generated card (DESIGN §8).
+"""Stage three: publish a captioned dataset to the Hugging Face Hub with a generated card (docs/design.md §8).
 
     validate (stats, shards, keys, embeddings) -> stage (Hub layout + card) -> upload
 

@@ -44,6 +44,7 @@ from pipeline.dataset import DatasetDir, clip_tag
 from pipeline.distributed import resolve_rank
 from pipeline.embeddings import EmbeddingsInvalid, attribute_column, check_tag, read_embeddings
 from pipeline.shards import iter_shard
+from pipeline.sources import MASK_CELEBA_LABELS, MASK_REGION
 
 IMAGE_TYPES = ("tensor", "pil")
 IMAGE_DTYPES = ("float32", "uint8")
@@ -107,6 +108,7 @@ class ShardRef:
     tar: Path
     parquet: Path
     num_samples: int
+    mask_format: str = MASK_REGION  # what its `.mask.png` members hold (stats; older shards: binary regions)
 
 
 @dataclass
@@ -116,6 +118,7 @@ class JoinedSample:
     key: str
     members: dict[str, bytes]  # extension -> bytes
     row: dict[str, Any]  # embedding columns of this key
+    mask_format: str = MASK_REGION  # its shard's (ShardRef.mask_format)
 
 
 # ---------------------------------------------------------------- shards and their embeddings
@@ -146,8 +149,14 @@ def find_shards(cfg: ReaderConfig) -> list[ShardRef]:
                 f"run `{_embed_fix(root, cfg)}`"
             )
         for i in done:
+            stats = ds.load_stats(i)
             ref = ShardRef(
-                root, i, ds.shard_path(plan["name"], i), ds.embeddings_path(cfg.tag, i), ds.load_stats(i)["ok"]
+                root,
+                i,
+                ds.shard_path(plan["name"], i),
+                ds.embeddings_path(cfg.tag, i),
+                stats["ok"],
+                stats.get("mask_format") or MASK_REGION,
             )
             if not ref.parquet.is_file():
                 raise MissingEmbeddings(
@@ -208,7 +217,7 @@ def join_embeddings(shards: Iterable[ShardRef], tag: str, attributes: list[str])
         rows = _ShardRows(ref, tag, attributes)
         seen = 0
         for sample in iter_shard(ref.tar):  # raises UnsafeTarMember on a path, link or odd name
-            yield JoinedSample(sample.key, sample.members, rows.row(sample.key, ref))
+            yield JoinedSample(sample.key, sample.members, rows.row(sample.key, ref), ref.mask_format)
             seen += 1
         if seen != ref.num_samples:
             raise EmbeddingsInvalid(f"{ref.tar} holds {seen} samples where its stats say {ref.num_samples}")
@@ -230,8 +239,8 @@ def _image(data: bytes, size: int | None) -> Image.Image:
 
 
 def _mask(data: bytes, size: tuple[int, int]) -> Image.Image:
-    """The mask at the image's (W, H): nearest, so it stays 0/255 (a stored mask can be smaller than its
-    image: CelebAMask-HQ's are 512 px for 1024 px images)."""
+    """The mask at the image's (W, H): nearest, so it keeps its stored values, 0/255 or class indices (a
+    stored mask can be smaller than its image: CelebAMask-HQ's are 512 px for 1024 px images)."""
     img = Image.open(io.BytesIO(data)).convert("L")
     return img if img.size == size else img.resize(size, Image.NEAREST)
 
@@ -245,7 +254,7 @@ def _pixels(img: Image.Image) -> np.ndarray:
 def _open(sample: JoinedSample, size: int | None) -> tuple[dict[str, Any], Image.Image, Image.Image | None]:
     """A sample's text fields, its decoded image and its mask (None where it has none)."""
     meta = json.loads(sample.members["json"])
-    ext = "jpg" if "jpg" in sample.members else "png"  # a dataset has one image member name (DESIGN §3)
+    ext = "jpg" if "jpg" in sample.members else "png"  # a dataset has one image member name (docs/design.md §3)
     if ext not in sample.members:
         raise ValueError(f"sample {sample.key} has no .jpg or .png member")
     mask_bytes = sample.members.get("mask.png")
@@ -292,6 +301,7 @@ def decode_batch(
     image: uint8 (B, 3, H, W) 0-255 or float in [0, 1] (channels-last memory: call .contiguous()
     where the layout matters), or a list of PIL images; mask: (B, 1, H, W) 0/1 (uint8) or in [0, 1]
     (float; zeros where a sample has none: weight losses by has_mask), or a list of PIL images / None.
+    Rows with `mask_labels` hold a CelebAMask-HQ label map instead: class indices, never thresholded.
     """
     fields, images, masks = [], [], []
     pixels = None if image_type == "pil" else _PixelBatch(len(samples))
@@ -305,14 +315,19 @@ def decode_batch(
             pixels.put(i, img, mask)
     out: dict[str, Any] = {name: [f[name] for f in fields] for name in fields[0]}
     out["has_mask"] = torch.tensor([m is not None for m in masks], dtype=torch.bool)
+    labels = [m is not None and s.mask_format == MASK_CELEBA_LABELS for m, s in zip(masks, samples, strict=True)]
+    out["mask_labels"] = torch.tensor(labels, dtype=torch.bool)  # (B,) rows whose mask is a label map
     if pixels is None:
         out["image"], out["mask"] = images, masks
     else:
         image, mask = pixels.image.permute(0, 3, 1, 2), pixels.mask.permute(0, 3, 1, 2)
+        is_label = out["mask_labels"][:, None, None, None]  # (B, 1, 1, 1)
         if image_dtype == "uint8":  # float conversion is left to the consumer's device, like the transpose
-            out["image"], out["mask"] = image, (mask > 127).to(torch.uint8) if out["has_mask"].any() else mask
+            region = (mask > 127).to(torch.uint8) if out["has_mask"].any() else mask
+            out["image"], out["mask"] = image, torch.where(is_label, mask, region) if any(labels) else region
         else:
-            out["image"], out["mask"] = image.float().div_(255), mask.float().div_(255)
+            region = mask.float().div_(255)
+            out["image"], out["mask"] = image.float().div_(255), torch.where(is_label, mask.float(), region)
     rows = [s.row for s in samples]
     for name, value in rows[0].items():
         values = [r[name] for r in rows]
@@ -385,7 +400,8 @@ class FaceReader(IterableDataset):
     Yields dicts (or, with `batch_size`, batches of them, stacked):
         key, dataset, identity (str, "" if unknown), caption (str),
         image ((3, H, W) float in [0, 1] or uint8 0-255 (`image_dtype`), channels-last memory; or a PIL
-        image), mask ((1, H, W) in {0, 1}; zeros where the sample has none), has_mask (bool),
+        image), mask ((1, H, W) in {0, 1}; zeros where the sample has none; with mask_labels a CelebAMask-HQ
+        label map of class indices, resized nearest), has_mask, mask_labels (bool),
         text_emb, image_emb ((D,) float32, L2-normalised), text_image_sim (float32), text_truncated,
         text_empty (bool), and attr_<name>_emb ((D,)) per attribute with `attributes=True`.
     """

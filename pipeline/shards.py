@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.dataset import atomic_open
 
-# A member is `<key>.<ext>` where the key holds no dots (DESIGN §3) and the extension is a short
+# A member is `<key>.<ext>` where the key holds no dots (docs/design.md §3) and the extension is a short
 # dotted suffix such as `jpg`, `json` or `mask.png`.
 _MEMBER = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9]+(\.[A-Za-z0-9]+)?$")
 

@@ -3,11 +3,15 @@
 - `vggface2-hq`: ROOT/<identity>/<file>
 - `celeba-hq`:   ROOT/CelebA-HQ-img/N.jpg, with optional CelebA identities, eval split and
                  CelebAMask-HQ masks
-- `folder`:      any image tree; the identity is the parent folder
+- `alphaface`:   the official AlphaFace layout (`dataset/ffhq_lpff/256_small`): ROOT/img/N.png,
+                 ROOT/mask/N.png (white on the inner face) and ROOT/txt/N.txt (its caption)
+- `folder`:      any image tree; the identity is the parent folder, and `<stem>.txt` beside an image
+                 is its caption
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,22 +21,18 @@ from pipeline.dataset import make_key, unique_keys
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
-# CelebAMask-HQ classes that make up the face+hair mask. Glasses (`eye_g`), hats, necks and clothes
-# are left out: the swap should repaint the face and hair only.
-CELEBA_MASK_CLASSES = (
-    "skin",
-    "nose",
-    "l_eye",
-    "r_eye",
-    "l_brow",
-    "r_brow",
-    "l_ear",
-    "r_ear",
-    "mouth",
-    "u_lip",
-    "l_lip",
-    "hair",
-)
+# CelebAMask-HQ classes in label-map order (the face-parsing convention, and CelebAMask-HQ's own
+# g_mask.py): a stored label-map pixel i means CELEBA_LABELS[i]; where parts overlap, the later wins.
+# training/losses.py keeps the same tuple (pipeline never imports training); a test checks they agree.
+CELEBA_LABELS = (
+    "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
+    "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
+)  # fmt: skip
+# What a `.mask.png` member holds, recorded per shard in stats (`mask_format`):
+MASK_REGION = "region"  # 0/255 (any channels): white is the region the swap may repaint; older datasets
+MASK_CELEBA_LABELS = "celeba-labels"  # one channel, pixel = CELEBA_LABELS index; training picks the region
+MASK_FORMATS = {"celeba-hq": MASK_CELEBA_LABELS, "alphaface": MASK_REGION}  # sources with masks
+CAPTIONED_SOURCES = ("alphaface", "folder")  # sources whose records can carry their own caption file
 CELEBA_SPLITS = {"train": "0", "val": "1", "test": "2"}
 
 
@@ -42,15 +42,17 @@ class SourceRecord:
     dataset: str
     identity: str | None
     source_path: str  # relative to the input root, with '/' separators
-    mask_path: str | None = None  # CelebAMask-HQ: `CelebAMask-HQ-mask-anno/<k>/<idx:05d>` (a prefix)
+    mask_path: str | None = None  # CelebAMask-HQ: `CelebAMask-HQ-mask-anno/<k>/<idx:05d>` (a prefix); alphaface: a file
+    caption_path: str | None = None  # the source's own caption (`--engine existing` reads it)
 
     def to_row(self) -> list[str | None]:
-        return [self.key, self.identity, self.source_path, self.mask_path]
+        return [self.key, self.identity, self.source_path, self.mask_path, self.caption_path]
 
     @classmethod
     def from_row(cls, dataset: str, row: list[str | None]) -> SourceRecord:
-        key, identity, source_path, mask_path = row
-        return cls(str(key), dataset, identity, str(source_path), mask_path)
+        # plans written before caption paths have 4 columns
+        key, identity, source_path, mask_path, caption_path = [*row, None][:5]
+        return cls(str(key), dataset, identity, str(source_path), mask_path, caption_path)
 
 
 def _is_image(name: str) -> bool:
@@ -160,24 +162,68 @@ def list_celeba_hq(
     return _with_keys(dataset, items)
 
 
+def _index_order(name: str) -> tuple[int, int, str]:
+    """Numeric stems in numeric order (2, 10, 100), then any others by name."""
+    stem = Path(name).stem
+    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+
+
+def _files(folder: Path, keep: Callable[[str], bool]) -> dict[str, str]:
+    """stem -> file name of the plain files directly in `folder` (not hidden: `.ipynb_checkpoints/`)."""
+    if not folder.is_dir():
+        return {}
+    names = sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".") and keep(e.name))
+    out: dict[str, str] = {}
+    for name in names:
+        out.setdefault(Path(name).stem, name)  # a stem seen twice (a.png, a.jpg): the first by name
+    return out
+
+
+def list_alphaface(root: Path, dataset: str = "alphaface", **_: object) -> list[SourceRecord]:
+    """The official layout. A caption whose image is missing stays in the listing, at the image path
+    the layout expects, so the caption stage counts and records it (`image_missing`) with the rest."""
+    _require_dir(root)
+    if not (root / "img").is_dir():
+        raise FileNotFoundError(f"{root / 'img'} does not exist: the AlphaFace layout is ROOT/{{img,mask,txt}}/N.*")
+    images = _files(root / "img", _is_image)
+    masks = _files(root / "mask", _is_image)
+    captions = _files(root / "txt", lambda n: n.lower().endswith(".txt"))
+    items: list[tuple[str | None, str, str | None, str | None]] = []
+    for stem in sorted(images.keys() | captions.keys(), key=_index_order):
+        image = f"img/{images[stem]}" if stem in images else f"img/{stem}.png"
+        mask = f"mask/{masks[stem]}" if stem in masks else None
+        caption = f"txt/{captions[stem]}" if stem in captions else None
+        items.append((None, image, mask, caption))
+    if not items:
+        raise FileNotFoundError(f"{root} holds no img/ images or txt/ captions: is it the AlphaFace layout?")
+    keys = unique_keys([make_key(dataset, None, Path(rel).stem) for _, rel, _, _ in items])
+    return [SourceRecord(k, dataset, None, rel, mask, cap) for k, (_, rel, mask, cap) in zip(keys, items)]
+
+
 def list_folder(root: Path, dataset: str = "folder", **_: object) -> list[SourceRecord]:
     _require_dir(root)
     items: list[tuple[str | None, str, str | None]] = []
+    captions: dict[str, str] = {}  # image path -> `<stem>.txt` beside it
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = Path(dirpath).relative_to(root)
         identity = rel_dir.name if rel_dir.parts else None
+        texts = {Path(n).stem: n for n in filenames if n.lower().endswith(".txt") and not n.startswith(".")}
         for name in sorted(n for n in filenames if _is_image(n)):
-            items.append((identity, (rel_dir / name).as_posix(), None))
+            rel = (rel_dir / name).as_posix()
+            items.append((identity, rel, None))
+            if Path(name).stem in texts:
+                captions[rel] = (rel_dir / texts[Path(name).stem]).as_posix()
     items.sort(key=lambda it: it[1])
     if not items:
         raise FileNotFoundError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return _with_keys(dataset, items)
+    return [dataclasses.replace(r, caption_path=captions.get(r.source_path)) for r in _with_keys(dataset, items)]
 
 
 SOURCES: dict[str, Callable[..., list[SourceRecord]]] = {
     "vggface2-hq": list_vggface2_hq,
     "celeba-hq": list_celeba_hq,
+    "alphaface": list_alphaface,
     "folder": list_folder,
 }
 

@@ -83,7 +83,7 @@ class TrainConfig:
     pairs: dict[str, float] = field(default_factory=lambda: {"random": 1.0, "same_identity": 0.0, "self": 0.0})
     # ^ rates of (source, target) pair kinds; random is the official recipe; normalised to sum 1
     flip: float = 0.5  # probability of a horizontal flip per image (captions naming left/right then skip clip_text)
-    use_masks: bool = True  # masked-reconstruction loss on samples whose shard has a face+hair mask
+    use_masks: bool = True  # masked-reconstruction loss on samples whose shard has a mask (label map or region)
     both_directions: bool = True  # every pair also swaps the other way (official: losses in both directions)
 
     # --- models

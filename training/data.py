@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.reader import FaceReader, ReaderConfig
 from training.config import PAIR_KINDS, TrainConfig
-from training.losses import SwapBatch
+from training.losses import SwapBatch, region_mask
 
 # A flipped image no longer matches a caption that says left or right (head turned left, light from
 # the right): such rows get an all-zero caption embedding, which the gated CLIP text loss skips.
@@ -183,6 +183,21 @@ def _to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous().float().div_(255) if images.dtype == torch.uint8 else images.contiguous()
 
 
+def _swap_masks(mask: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, region: str) -> torch.Tensor:
+    """The reader's masks (B, 1, H, W) as the loss takes them. Label maps stay integer class indices
+    (uint8, resized nearest by the reader, never made float), so the loss's `mask_region` picks the
+    region; binary regions (older datasets, the official layout) become float 0/1. A batch mixing
+    both turns its label rows into `region` here, since one tensor cannot hold both kinds."""
+    labels = labels & valid  # (B,), on the host as the reader gives it: these decisions cost no device sync
+    if not bool(labels.any()):
+        return mask.float()
+    label_maps = mask.round().to(torch.uint8) if mask.is_floating_point() else mask.to(torch.uint8)
+    if bool(labels[valid].all()):
+        return label_maps
+    rows = labels.to(mask.device)[:, None, None, None]  # (B, 1, 1, 1)
+    return torch.where(rows, region_mask(label_maps, region), mask.float())
+
+
 def make_swap_batch(
     batch: dict[str, Any], cfg: TrainConfig, pairing: Pairing, device: torch.device | str | None = None
 ) -> SwapBatch:
@@ -214,8 +229,9 @@ def make_swap_batch(
     mask = mask_valid = None
     has_mask = batch.get("has_mask")
     if cfg.use_masks and has_mask is not None and bool(has_mask.any()):
-        mask = _flip_(batch["mask"].to(dev, non_blocking=True), flip_rows).float()  # (B, 1, H, W) 0/1, follows image
         mask_valid = has_mask.to(dev).bool()  # (B,)
+        raw = _flip_(batch["mask"].to(dev, non_blocking=True), flip_rows)  # (B, 1, H, W), follows its image
+        mask = _swap_masks(raw, batch["mask_labels"].bool(), has_mask.bool(), cfg.loss.mask_region)
     sim = batch["text_image_sim"].to(dev).float()  # (B,)
     image_emb = batch["image_emb"].to(dev, non_blocking=True)  # (B, D)
     return SwapBatch(

@@ -1,6 +1,6 @@
 """AlphaFace losses: one object with named phases ``G`` and ``D``.
 
-Terms (DESIGN section 7, official weights as defaults), for a swap ``s = G(x_t, E_id(x_s))``:
+Terms (docs/design.md §7, official weights as defaults), for a swap ``s = G(x_t, E_id(x_s))``:
 
 ======================  =====================================================================  ======
 term (``Loss/G/...``)   definition                                                             weight
@@ -87,7 +87,7 @@ class LossConfig:
     rec_weight: float = 0.5  # self-reconstruction L1
     perceptual_weight: float = 0.5  # VGG16 feature L1 to the target
     cycle_weight: float = 0.5  # swap there and back
-    mask_weight: float = 0.5  # L1 outside the target's face+hair mask
+    mask_weight: float = 0.5  # L1 outside the mask region (`mask_region`) the swap may repaint
     clip_id_weight: float = 1.0  # 1 - cos of CLIP image embeddings (swap, source)
     clip_text_weight: float = 1.0  # gated caption consistency
     adv_weight: float = 1.0  # generator adversarial loss

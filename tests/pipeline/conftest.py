@@ -30,3 +30,11 @@ def celeba(tmp_path_factory) -> Path:
     ds = make_dataset(root, source="celeba-hq", prompt="structured", per_identity=2)
     embed(ds, write_tiny_clip(root / "clip"), attributes=True)
     return ds
+
+
+@pytest.fixture(scope="session")
+def alphaface_folder(tmp_path_factory):
+    """The official AlphaFace layout with its odd cases (tests/pipeline/alphaface_builders.py); read-only."""
+    from tests.pipeline.alphaface_builders import make_alphaface
+
+    return make_alphaface(tmp_path_factory.mktemp("alphaface") / "256_small")

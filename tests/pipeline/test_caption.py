@@ -14,9 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from demo.synthetic import generate
+from demo.synthetic import MASK_CLASSES, generate, mask_relpath
 from pipeline.caption import CaptionConfig, main, run
 from pipeline.dataset import DatasetDir
 from pipeline.engines.base import EngineInfo, Generation
@@ -167,11 +169,20 @@ def test_celeba_masks_become_a_member_of_every_sample(tmp_path, model_path):
     urls = [str(p) for p in sorted(ds.shards_dir.glob("*.tar"))]
     hf = datasets.load_dataset("webdataset", data_files={"train": urls}, split="train")
     assert hf.num_rows == 4 and "mask.png" in hf.column_names
-    mask = hf[0]["mask.png"]
-    assert mask.size == (512, 512) and mask.getextrema() == (0, 255)
-    assert (
-        sum(DatasetDir(out).load_stats(i)["with_mask"] for i in range(DatasetDir(out).load_plan()["num_shards"])) == 4
-    )
+    # the mask is CelebAMask-HQ's label map, every class kept: built here from the part files, painted
+    # in class order (later wins, as CelebAMask-HQ's g_mask.py does)
+    for row in hf:
+        idx = int(Path(row["json"]["source_path"]).stem)
+        want = np.zeros((512, 512), np.uint8)
+        for label, name in enumerate(MASK_CLASSES, start=1):
+            part = inp / mask_relpath(idx, name)
+            if part.is_file():
+                want[np.asarray(Image.open(part).convert("L")) > 127] = label
+        got = np.asarray(row["mask.png"])
+        assert got.shape == (512, 512) and np.array_equal(got, want)
+        assert {1, 13} <= set(np.unique(got).tolist())  # skin and hair, not a merged 0/255
+    stats = [ds.load_stats(i) for i in range(ds.load_plan()["num_shards"])]
+    assert sum(s["with_mask"] for s in stats) == 4 and {s["mask_format"] for s in stats} == {"celeba-labels"}
     assert all(r["identity"] for r in hf["json"])
 
 

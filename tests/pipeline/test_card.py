@@ -127,7 +127,8 @@ def test_structured_card_shows_attribute_distributions(celeba, tmp_path):
     assert "non-commercial" in text and "MaskGAN" in text and "Progressive Growing" in text
     assert PROMPTS["structured"].text in text and '"additionalProperties": false' in text
     metas = shard_metadata(celeba)
-    assert _value(text, "Samples with a face+hair mask") == str(len(metas)) == "4"
+    assert _value(text, "Samples with a mask") == str(len(metas)) == "4"
+    assert _value(text, "Masks").startswith("a CelebAMask-HQ label map") and "13 hair" in _value(text, "Masks")
     for attribute in ATTRIBUTES:
         counts = Counter(m["attributes"][attribute].lower() for m in metas)
         section = text.split(f"**{attribute}**", 1)[1]

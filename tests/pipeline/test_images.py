@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import BadInput, build_celeba_mask, load_image
+from pipeline.images import BadInput, build_celeba_labels, check_mask, load_image
 from tests.pipeline.badinputs import bad_and_odd_files, face_like, jpeg_bytes
 
 
@@ -76,20 +76,55 @@ def test_draft_decoding_result_matches_size():
     assert out.engine_image.size == (448, 448) and (out.width, out.height) == (1024, 1024)
 
 
-def test_celeba_mask_union_excludes_missing_and_reports(tmp_path):
+def test_celeba_label_map_keeps_every_class_and_reports_missing(tmp_path):
+    from pipeline.sources import CELEBA_LABELS
+
     d = tmp_path / "CelebAMask-HQ-mask-anno" / "0"
     d.mkdir(parents=True)
-    a = np.zeros((512, 512), np.uint8)
-    a[:100] = 255
-    b = np.zeros((512, 512), np.uint8)
-    b[-50:] = 255
-    Image.fromarray(a).save(d / "00003_skin.png")
-    Image.fromarray(b).save(d / "00003_hair.png")
-    Image.fromarray(np.full((512, 512), 255, np.uint8)).save(d / "00003_eye_g.png")  # glasses: left out
-    mask = np.asarray(
-        Image.open(io.BytesIO(build_celeba_mask(tmp_path, "CelebAMask-HQ-mask-anno/0/00003", ("skin", "hair"))))
-    )
-    assert mask[:100].min() == 255 and mask[-50:].min() == 255 and mask[100:-50].max() == 0
+    parts = {  # rows of the 512 px image each class covers; skin and hair overlap in rows 90-99
+        "skin": slice(0, 100),
+        "hair": slice(90, 120),
+        "eye_g": slice(200, 210),
+        "cloth": slice(500, 512),
+    }
+    for name, rows in parts.items():
+        a = np.zeros((512, 512), np.uint8)
+        a[rows] = 255
+        Image.fromarray(a).save(d / f"00003_{name}.png")
+    neck = np.zeros((256, 256), np.uint8)
+    neck[200:] = 255
+    Image.fromarray(neck).save(d / "00003_neck.png")  # a smaller file: resized to 512, rows 400-511
+    data = build_celeba_labels(tmp_path, "CelebAMask-HQ-mask-anno/0/00003", CELEBA_LABELS)
+    stored = Image.open(io.BytesIO(data))
+    assert stored.format == "PNG" and stored.mode == "L" and stored.size == (512, 512)
+    labels = np.asarray(stored)
+    want = np.zeros((512, 512), np.uint8)  # background where no part is
+    # painted in label order (later classes win), as CelebAMask-HQ's g_mask.py does
+    for name, rows in (("skin", parts["skin"]), ("eye_g", parts["eye_g"]), ("hair", parts["hair"]),
+                       ("neck", slice(400, 512)), ("cloth", parts["cloth"])):  # fmt: skip
+        want[rows] = CELEBA_LABELS.index(name)
+    assert np.array_equal(labels, want)  # lossless: every class index, exactly, not a 0/255 union
+    assert labels[95, 0] == CELEBA_LABELS.index("hair") and labels[205, 0] == CELEBA_LABELS.index("eye_g")
     with pytest.raises(BadInput) as e:
-        build_celeba_mask(tmp_path, "CelebAMask-HQ-mask-anno/0/00004", ("skin", "hair"))
+        build_celeba_labels(tmp_path, "CelebAMask-HQ-mask-anno/0/00004", CELEBA_LABELS)
     assert e.value.reason == "mask_missing"
+    (d / "00005_skin.png").write_bytes(b"not a png")
+    with pytest.raises(BadInput) as e:
+        build_celeba_labels(tmp_path, "CelebAMask-HQ-mask-anno/0/00005", CELEBA_LABELS)
+    assert e.value.reason == "corrupt_mask"
+
+
+def test_mask_files_are_kept_as_given(tmp_path):
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[16:48, 20:44] = 255
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="PNG")
+    assert check_mask(buf.getvalue()) == buf.getvalue()  # the official 3-channel PNG, byte for byte
+    bmp = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(bmp, format="BMP")
+    as_png = Image.open(io.BytesIO(check_mask(bmp.getvalue())))
+    assert as_png.format == "PNG" and np.array_equal(np.asarray(as_png), rgb)  # re-encoded losslessly
+    for bad in (b"", b"not an image", buf.getvalue()[:40]):
+        with pytest.raises(BadInput) as e:
+            check_mask(bad)
+        assert e.value.reason == "corrupt_mask"

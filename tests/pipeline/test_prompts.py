@@ -25,7 +25,7 @@ def _answer(**over):
 
 
 def test_prompts_versioned_and_schema_matches_attributes():
-    assert {p.prompt_id for p in PROMPTS.values()} == {"holistic-v1", "structured-v1"}
+    assert {p.prompt_id for p in PROMPTS.values()} == {"holistic-v1", "structured-v1", "paper-v1"}
     assert PROMPTS["structured"].json_schema is STRUCTURED_SCHEMA
     assert STRUCTURED_SCHEMA["required"] == list(ATTRIBUTES)
     assert PROMPTS["holistic"].json_schema is None
@@ -65,3 +65,12 @@ def test_identity_words_flagged():
     assert caption_flags("He smiles.", "stop") == ["identity_words"]
     assert caption_flags("The person smiles", "length") == ["truncated"]
     assert caption_flags("", "stop") == ["empty"]
+
+
+def test_paper_prompt_is_the_papers_text_verbatim():
+    paper = PROMPTS["paper"]
+    assert paper.text == (
+        "Describe pose, background, facial accessories, and all obstacles covering the face area in the given "
+        "face image. Only 70 words are allowed."
+    )
+    assert paper.prompt_id == "paper-v1" and paper.json_schema is None

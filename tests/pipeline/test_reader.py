@@ -256,3 +256,28 @@ def test_unfinished_caption_is_refused_unless_allowed(tmp_path, embed_clip):
     with pytest.raises(FileNotFoundError, match="not captioned yet"):
         FaceReader(_config(embed_clip, ds.root))
     assert len(list(FaceReader(_config(embed_clip, ds.root, allow_partial=True)))) == 2
+
+
+def test_label_map_masks_read_back_exactly_and_older_binary_masks_as_regions(tmp_path, embed_clip, embedded):
+    from tests.pipeline.caption_builders import make_dataset as caption_dataset
+
+    labelled = DatasetDir(caption_dataset(tmp_path / "celeba", source="celeba-hq"))  # the caption stage's own masks
+    _embed(labelled, embed_clip)
+    assert {labelled.load_stats(i)["mask_format"] for i in range(3)} == {"celeba-labels"}
+    members = {s.key: s.members for i in range(3) for s in iter_shard(labelled.shard_path("celeba-hq", i))}
+    for dtype in ("uint8", "float32"):
+        reader = FaceReader(_config(embed_clip, labelled.root, embedded.root, batch_size=4, image_dtype=dtype))
+        rows = 0
+        for batch in DataLoader(reader, batch_size=None, num_workers=2):
+            assert batch["mask"].dtype == (torch.uint8 if dtype == "uint8" else torch.float32)
+            for b, key in enumerate(batch["key"]):
+                assert bool(batch["mask_labels"][b]) == (key in members) and batch["has_mask"][b]
+                if key in members:  # the stored class indices, nearest-resized, never thresholded
+                    stored = Image.open(io.BytesIO(members[key]["mask.png"])).resize((32, 32), Image.NEAREST)
+                    want = torch.from_numpy(np.asarray(stored).copy())
+                    assert torch.equal(batch["mask"][b, 0].to(torch.uint8), want) and want.max() > 1
+                    assert torch.equal(batch["mask"][b, 0], want.to(batch["mask"].dtype))
+                else:  # an older dataset's 0/255 mask: a region, 0/1
+                    assert set(batch["mask"][b].unique().tolist()) <= {0, 1}
+                rows += 1
+        assert rows == len(members) + sum(SIZES)

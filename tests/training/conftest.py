@@ -108,3 +108,11 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, train_data: Path, train_c
     out = tmp_path_factory.mktemp("demo_run") / "run"
     main(demo_args([train_data], out, train_clip, *RUN_SETS, max_steps=RUN_STEPS))
     return out
+
+
+@pytest.fixture(scope="session")
+def binary_mask_data(tmp_path_factory: pytest.TempPathFactory, train_clip: Path) -> Path:
+    """An older dataset: binary face+hair masks and no `mask_format` in its stats; 2 shards of 4."""
+    from tests.training.mask_builders import build_binary_mask_dataset
+
+    return build_binary_mask_dataset(tmp_path_factory.mktemp("binary_mask_data"), train_clip)

@@ -1,11 +1,11 @@
-"""The trainer: config presets and overrides, pairing, exact resume, faults, samples, and a 2-process run."""
+"""The trainer end to end: refusals up front, exact resume, faults, samples, and a 2-process run.
+
+Config presets and overrides are in test_config.py, pairs, flips and the data stream in test_data.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -16,14 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
 from pipeline.reader import FaceReader
 from tests.training.run_builders import IMAGE_SIZE, REPO, RUN_SETS, RUN_STEPS, SPLIT_AT, demo_args
-from training.config import TrainConfig, load_config, read_yaml
-from training.data import choose_sources, draw_pairing, make_swap_batch, reader_config, step_rng
+from training.config import load_config
+from training.data import reader_config
 from training.train import main
 
 CONFIGS = REPO / "training" / "configs"
@@ -31,57 +30,6 @@ CONFIGS = REPO / "training" / "configs"
 
 # ---------------------------------------------------------------------------------------------
 # Config
-
-
-def test_official_preset_is_the_full_default_and_the_others_are_small_diffs():
-    official = load_config(CONFIGS / "alphaface.yaml")
-    assert official == TrainConfig()  # alphaface.yaml spells out every default
-    assert set(yaml.safe_load((CONFIGS / "alphaface.yaml").read_text())) == set(TrainConfig().to_dict())
-    # the recipe of DESIGN §7
-    assert (official.lr_g, official.lr_d, official.betas, official.weight_decay) == (1e-4, 1e-4, (0.0, 0.99), 5e-4)
-    assert (official.lr_step, official.lr_gamma, official.grad_clip) == (20_000, 0.97, 1.0)
-    loss = official.loss
-    assert (loss.id_weight, loss.rec_weight, loss.perceptual_weight, loss.cycle_weight, loss.mask_weight) == (
-        10, 0.5, 0.5, 0.5, 0.5,
-    )  # fmt: skip
-    # adversarial phase when the official global_step > adv_sess (200000): 0-based step 200001 on
-    assert (loss.clip_id_weight, loss.clip_text_weight, loss.adv_weight, loss.adv_start_step) == (1, 1, 1, 200_001)
-    assert official.pair_rates == {"random": 1.0, "same_identity": 0.0, "self": 0.0}
-    assert not official.allow_random_weights
-
-    fast = yaml.safe_load((CONFIGS / "alphaface-fast.yaml").read_text())
-    assert fast == {"base": "alphaface-improved.yaml", "generator": "alphaface-fast"}
-    improved = load_config(CONFIGS / "alphaface-improved.yaml")
-    assert load_config(CONFIGS / "alphaface-fast.yaml") == dataclasses.replace(improved, generator="alphaface-fast")
-    # only demo.yaml allows random weights
-    for path in CONFIGS.glob("*.yaml"):
-        assert load_config(path).allow_random_weights == (path.name == "demo.yaml"), path
-
-
-def test_overrides_are_parsed_as_yaml_never_evaluated(tmp_path):
-    cfg = load_config(
-        CONFIGS / "demo.yaml",
-        ["lr_g=2e-4", "loss.adv_start_step=1e3", "pairs.self=0.5", "trackers=[tensorboard, wandb]", "flip=0"],
-    )
-    assert cfg.lr_g == 2e-4 and cfg.loss.adv_start_step == 1000 and cfg.trackers == ("tensorboard", "wandb")
-    assert cfg.loss.id_weight == 10.0  # the rest of the loss mapping is kept
-    assert cfg.pair_rates == {"random": 2 / 3, "same_identity": 0.0, "self": 1 / 3}
-    with pytest.raises(ValueError, match="seed must be a number"):
-        load_config(None, ["seed=__import__('os').getcwd()"])  # a string, not code
-    with pytest.raises(ValueError, match="did you mean 'lr_g'"):
-        load_config(None, ["lr_gg=1"])
-    with pytest.raises(ValueError, match="loss: unknown field"):
-        load_config(None, ["loss.idd_weight=1"])
-    with pytest.raises(ValueError, match="pairs must map"):
-        load_config(None, ["pairs.sideways=1"])
-    # a child preset merges its mappings into the base's; cycles are refused
-    (tmp_path / "a.yaml").write_text("base: b.yaml\nloss: {rec_weight: 2}\n")
-    (tmp_path / "b.yaml").write_text(f"base: {CONFIGS / 'alphaface.yaml'}\nloss: {{id_weight: 3}}\n")
-    merged = load_config(tmp_path / "a.yaml").loss
-    assert (merged.id_weight, merged.rec_weight, merged.adv_start_step) == (3, 2, 200_001)
-    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
-    with pytest.raises(ValueError, match="cycle"):
-        read_yaml(tmp_path / "a.yaml")
 
 
 def test_missing_real_weights_are_refused_unless_random_is_allowed(tmp_path, train_data, train_clip):
@@ -112,71 +60,6 @@ def test_dataset_without_embeddings_names_the_fix(tmp_path, train_data, train_cl
 def test_too_little_data_for_the_batch_is_refused_up_front(tmp_path, train_data, train_clip):
     with pytest.raises(SystemExit, match="the data is too small: .*lower batch_size"):
         main(demo_args([train_data], tmp_path / "run", train_clip, "batch_size=9", "num_workers=2"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Data: pairs and flips
-
-
-def test_pairs_follow_their_kind_and_repeat_exactly_per_step():
-    ids = ["a", "a", "b", "b", "c", ""]
-    self_src, kinds = choose_sources(ids, {"self": 1.0}, random.Random(0))
-    assert self_src == list(range(6)) and set(kinds) == {"self"}
-    rnd, kinds = choose_sources(ids * 20, {"random": 1.0}, random.Random(0))
-    assert all(j != i for i, j in enumerate(rnd)) and set(kinds) == {"random"}
-    assert len(set(rnd)) > 60  # spread over the batch, not a fixed shift
-    same, kinds = choose_sources(ids, {"same_identity": 1.0}, random.Random(0))
-    assert same[:4] == [1, 0, 3, 2]  # the only mate of each
-    assert kinds[4:] == ["fallback", "fallback"] and same[4] != 4 and same[5] != 5  # no mate -> random
-    assert choose_sources(["x"], {"random": 1.0}, random.Random(0)) == ([0], ["fallback"])  # batch of one
-    # the draw is a function of (seed, rank, step, micro-step) only
-    a = choose_sources(ids * 4, {"random": 0.5, "self": 0.5}, step_rng(7, 1, 123, 0))
-    assert a == choose_sources(ids * 4, {"random": 0.5, "self": 0.5}, step_rng(7, 1, 123, 0))
-    assert a != choose_sources(ids * 4, {"random": 0.5, "self": 0.5}, step_rng(7, 1, 124, 0))
-
-
-def test_swap_batch_from_reader_batch_flips_masks_and_captions(train_data, train_clip):
-    cfg = TrainConfig(data=(str(train_data),), clip_model=str(train_clip), clip_pretrained="none", image_size=32,
-                      batch_size=8, flip=1.0, num_workers=0, allow_random_weights=True)  # fmt: skip
-    reader = FaceReader(reader_config(cfg, 0, 1))
-    batch = next(iter(reader))
-    pairing = draw_pairing(batch, cfg, step_rng(0, 0, 0, 0))
-    images = batch["image"].float() / 255  # the reader yields uint8; the swap batch holds [0, 1] floats
-    swap = make_swap_batch(batch, cfg, pairing)
-    src = torch.tensor(pairing.sources)
-    assert torch.equal(swap.target, images.flip(-1))  # flip=1: every image mirrored
-    assert torch.equal(swap.source, swap.target[src])
-    assert torch.equal(swap.source_image_emb, batch["image_emb"][src])
-    words = [set(c.lower().replace(",", " ").replace(";", " ").split()) for c in batch["caption"]]
-    sided = torch.tensor([bool(w & {"left", "right"}) for w in words])  # "bright" is not a side
-    assert sided.any() and (~sided).any()
-    # a mirrored image no longer matches "turned to the left": its caption embedding is blanked
-    assert torch.equal(swap.text_emb.abs().sum(1) == 0, sided)
-    assert torch.equal(swap.text_emb[~sided], batch["text_emb"][~sided])
-    assert swap.mask is None  # VGGFace2-HQ has no masks
-    both = swap.both_directions()
-    assert both.source.shape[0] == 16 and torch.equal(both.source[8:], swap.target)
-
-
-def test_masks_are_used_where_the_dataset_has_them(train_data, mask_data, train_clip):
-    cfg = TrainConfig(data=(str(train_data), str(mask_data)), clip_model=str(train_clip), clip_pretrained="none",
-                      image_size=32, batch_size=24, flip=0.5, num_workers=0, allow_random_weights=True)  # fmt: skip
-    batch = next(iter(FaceReader(reader_config(cfg, 0, 1))))  # all 24 samples: 16 without masks, 8 with
-    assert int(batch["has_mask"].sum()) == 8
-    pairing = draw_pairing(batch, cfg, step_rng(0, 0, 0, 0))
-    masks, images = batch["mask"].float(), batch["image"].float() / 255  # uint8 from the reader
-    swap = make_swap_batch(batch, cfg, pairing)
-    assert torch.equal(swap.mask_valid, batch["has_mask"])
-    flipped = torch.tensor(pairing.flipped)
-    assert flipped.any() and (~flipped).any()
-    assert torch.equal(swap.mask[flipped], masks[flipped].flip(-1))  # the mask follows its image
-    assert torch.equal(swap.target[flipped], images[flipped].flip(-1))
-    assert torch.equal(swap.mask[~flipped], masks[~flipped])
-    assert torch.equal(swap.source_mask_valid, batch["has_mask"][torch.tensor(pairing.sources)])
-    both = swap.both_directions()  # the reverse rows take the sources' masks
-    assert torch.equal(both.mask_valid, torch.cat([swap.mask_valid, swap.source_mask_valid]))
-    without = make_swap_batch(batch, dataclasses.replace(cfg, use_masks=False), pairing)
-    assert without.mask is None
 
 
 # ---------------------------------------------------------------------------------------------
