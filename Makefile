@@ -33,7 +33,7 @@ ARGS ?=
 DEMO := demo_out
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint demo bench caption embed train publish clean
+.PHONY: help install test test-all lint demo bench caption embed train publish evaluate clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS=":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -93,6 +93,10 @@ train: install ## train the swapper: CONFIG= DATA= OUT= GPUS= [ARGS=]
 publish: install ## publish DATASET to the Hub: DATASET= REPO= [ARGS=--dry-run]
 	@test -n "$(DATASET)" -a -n "$(REPO)" || { echo "usage: make publish DATASET=DIR REPO=user/name"; exit 2; }
 	$(PY) -m pipeline.publish --dataset $(DATASET) --repo-id $(REPO) $(ARGS)
+
+evaluate: install ## FF++ evaluation of a swapper: CKPT= DATA=FFPP_ROOT OUT=REPORT_DIR [ARGS="--id-model cosface:P ..."]
+	@test -n "$(CKPT)" -a -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make evaluate CKPT=RUN_DIR DATA=FFPP_ROOT OUT=REPORT_DIR ARGS='--id-model cosface:r50.pth --pose-model hopenet:hopenet.pkl --expr-model deep3d:epoch_20.pth --detector scrfd:det_10g.onnx'"; exit 2; }
+	$(PY) -m training.evaluate --protocol ffpp --data $(DATA) --checkpoint $(CKPT) --output $(OUT) $(ARGS)
 
 clean: ## remove demo output and caches (keeps .venv)
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -86,6 +86,11 @@ def run(out: Path, identities: int = 4, per_identity: int = 4, size: int = 256) 
             "--output", str(out / "swaps"), "--device", "cpu",
         ]
     )  # fmt: skip
+    _step("faces in the wild (two crops placed in a scene, found by landmarks, swapped, pasted back)")
+    from demo.faces import pasted_back_demo
+
+    targets = sorted(identities_dirs[-1].glob("*.jpg"))[:2]
+    summary["faces_in_the_wild"] = pasted_back_demo(run_dir, source, targets, out / "faces")
     grids = sorted((run_dir / "samples").glob("step_*.png"))
     summary["sample_grid"] = str(grids[-1]) if grids else None
     summary["seconds"] = round(time.perf_counter() - start, 1)

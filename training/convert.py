@@ -50,12 +50,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from pipeline.dataset import atomic_write_bytes
 from training.checkpoint import GENERATOR_FORMAT, save_generator
+from training.inference import OFFICIAL_EVAL
 from training.models import GENERATOR_PRESETS, Generator, GeneratorConfig
 from training.models.identity import TINY_ID
 from training.models.iresnet import BN_EPS, IResNet, build_iresnet
@@ -63,13 +63,6 @@ from training.models.iresnet import BN_EPS, IResNet, build_iresnet
 SOURCES = ("alphaface-official",)
 IDENTITY_FILE = "identity.safetensors"
 EMAP_FILE = "emap.npy"
-# The official eval.py image handling, recorded in generator.json for training.swap.
-OFFICIAL_EVAL = {
-    "name": "alphaface-official-eval",
-    "source": {"size": 112, "resample": "bilinear", "quantize": "trunc"},  # (x*255).int()/127.5 - 1
-    "target": {"size": 256, "resample": "bilinear"},  # read in [0, 1]
-    "output": {"quantize": "trunc"},  # (y*255).clamp(0, 255).byte()
-}
 _DECODER_NAMES = ("Conv1", "Conv2", "Conv3", "Conv4_new", "Conv5_new", "Conv6_new")
 
 
@@ -255,37 +248,6 @@ def convert_identity(state: dict[str, Tensor], backbone: IResNet, what: str = "i
     bn("bn3", "features")
     backbone.load_state_dict(out, strict=True)  # every key of ours, every shape
     return {k: v.contiguous() for k, v in out.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# The official eval.py image handling (training.swap applies it when generator.json says so)
-
-
-def _resize(path: Path, size: int) -> Image.Image:
-    # torchvision's Resize((s, s)) on a PIL image is PIL's bilinear resize
-    with Image.open(path) as img:
-        return img.convert("RGB").resize((size, size), Image.BILINEAR)
-
-
-def _to_unit(img: Image.Image) -> Tensor:
-    # exactly torchvision's ToTensor: uint8 -> float, divided by 255
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div(255)  # (3, H, W)
-
-
-def official_source(path: Path, preprocess: dict[str, Any] = OFFICIAL_EVAL) -> Tensor:
-    """``(1, 3, 112, 112)`` in [-1, 1]: ``(ToTensor(Resize(112)(img)) * 255).int() / 127.5 - 1``."""
-    x = _to_unit(_resize(path, int(preprocess["source"]["size"])))
-    return ((x * 255.0).int() / 127.5 - 1.0)[None]
-
-
-def official_target(path: Path, preprocess: dict[str, Any] = OFFICIAL_EVAL) -> Tensor:
-    """``(3, 256, 256)`` in [0, 1]: ``ToTensor(Resize(256)(img))``."""
-    return _to_unit(_resize(path, int(preprocess["target"]["size"])))
-
-
-def official_uint8(x: Tensor) -> Tensor:
-    """``(3, H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8 as eval.py writes it: x255, clamp, truncate."""
-    return (x * 255.0).clamp(0, 255).byte().permute(1, 2, 0)
 
 
 # ---------------------------------------------------------------------------------------------

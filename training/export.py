@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from pipeline.cli import parse_config, stage_main
 from pipeline.dataset import atomic_write_bytes
-from training.swap import load_generator
+from training.inference import load_generator
 
 INPUTS = ("target", "id_embedding")
 OUTPUT = "swap"

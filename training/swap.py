@@ -1,158 +1,123 @@
-"""The swap stage: inference with a trained generator.
+"""The swap stage: inference with a trained generator, on aligned crops or on faces in the wild.
 
-    python -m training.swap --checkpoint RUN_DIR_OR_GENERATOR_FILE --source IMG --target IMG_OR_DIR \
-        --output PATH [--id-weights W --emap E --id-arch r50] [--batch-size 16] [--device auto]
+    python -m training.swap --checkpoint CKPT --source FACE_IMG --target IMG|DIR|VIDEO --output PATH \
+        [--detector scrfd:PATH.onnx | landmarks:FILE.json | aligned] [--faces all|largest|N] \
+        [--min-face 40] [--blend feather|mask] [--crop ffhq|arcface] [--batch-size 16] \
+        [--device cpu|cuda] [--dtype fp32|bf16] [--save-landmarks FILE.json]
 
-    source -> identity encoder -> id embedding ─┐
-    target(s) -> resize to the run's size ─────> generator -> swap (PNG or JPEG by suffix)
+    source -> (detect, largest face, 112 ArcFace crop) -> identity encoder -> id embedding ─┐
+    targets -> detect -> align (5 points -> template at the generator's size) ──> generator (batched)
+            <- paste back (inverse warp, feathered mask) <───────────────────────────── swaps
 
-Inputs are aligned face crops (as in training); they are resized to the generator's image size
-(256 for the real presets). A target folder is swapped in batches and written to the `--output`
-folder under the same stems (`.png`). `--checkpoint` is a run directory (its `final/`), a `final/`
-folder, a checkpoint folder `checkpoints/step_NNNNNNN` (its EMA weights, else the raw generator's),
-or a `generator.safetensors` with its `generator.json` beside it. The identity encoder is the one
+With `--detector aligned` (the default) the inputs are aligned face crops as in training: they are
+resized to the generator's image size and the output is the swapped crop (a folder of targets ->
+`STEM.png` files). With a detector, any photo or video goes in and comes out at its own size:
+photo -> photo (format by suffix), folder -> the same tree (photos and videos), video -> H.264
+video with the same frames, frame rate and audio. A target with no face is written unchanged and
+counted; a file or frame that cannot be read is reported and counted and the run goes on. The crop
+convention and the landmarks format are in docs/faces.md and `training.faces.detect`.
+
+`--checkpoint` is a run directory (its `final/`), a `final/` folder, a checkpoint folder
+`checkpoints/step_NNNNNNN` (its EMA weights, else the raw generator's), or a
+`generator.safetensors` with its `generator.json` beside it. The identity encoder is the one
 recorded with the generator unless `--id-weights` (and `--emap`) say otherwise.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
-from safetensors.torch import load_file
+from tqdm import tqdm
 
-from pipeline.dataset import atomic_open
+from pipeline import cli
 from pipeline.distributed import resolve_device
-from training.checkpoint import EMA_FILE, GENERATOR_FILE, STATE_FILE, generator_spec, spec_config
-from training.config import load_config
-from training.models import Generator, IdentityEncoder, build_generator
+from training.faces import video
+from training.faces.align import CROPS, arcface_crop
+from training.faces.blend import BLENDS
+from training.faces.canvas import RgbCanvas
+from training.faces.detect import Detector, frame_key, parse_detector, save_landmarks
+from training.faces.swapper import FaceOptions, FaceSwapper, Item
+from training.inference import (
+    UNREADABLE,
+    copy_file,
+    load_face,
+    load_generator,
+    load_identity,
+    load_rgb,
+    official_source,
+    official_target,
+    save_image,
+    save_photo,
+)
+from training.models import Generator, IdentityEncoder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class SwapConfig:
-    # --- model
-    checkpoint: Path  # run dir, final/ dir, checkpoint dir, or generator .safetensors (+ .json)
-    id_weights: Path | None = None  # identity encoder checkpoint; default: the one recorded with the generator
-    emap: Path | None = None  # InSwapper emap .npy; default: the recorded one
-    id_arch: str | None = None  # r50 | r100; default: the recorded one
-    # --- images
-    source: Path = Path("source.jpg")  # the face whose identity is transferred
-    target: Path = Path("target.jpg")  # an image, or a folder of images
-    output: Path = Path("swap.png")  # a file for one target, a folder for a target folder
+    # --- model and files
+    checkpoint: Path  # RUN_DIR, its final/, a checkpoint folder, or a generator .safetensors (+ .json)
+    source: Path  # the face whose identity is transferred: an aligned crop, or a photo with a detector
+    target: Path  # a photo, a video, or a folder of them (aligned crops with --detector aligned)
+    output: Path = Path("swap.png")  # a file for one target, a folder for a folder
+    id_weights: Path | None = None  # identity encoder checkpoint (default: the one recorded with the generator)
+    emap: Path | None = None  # InSwapper emap .npy (default: the recorded one)
+    id_arch: str | None = field(default=None, metadata={"choices": ("r50", "r100")})  # default: the recorded one
+    # --- faces
+    detector: str = "aligned"  # scrfd:PATH.onnx | landmarks:FILE.json | aligned (the inputs are crops)
+    faces: str = "all"  # all | largest | N: which faces of each target to swap (largest first)
+    min_face: float = 40.0  # faces whose box is shorter than this (pixels) are left alone
+    blend: str = field(default="feather", metadata={"choices": BLENDS})  # feather: whole crop | mask: inner face
+    crop: str = field(default="ffhq", metadata={"choices": tuple(sorted(CROPS))})  # the generator's crop framing
+    det_threshold: float = 0.5  # SCRFD score threshold
+    save_landmarks: Path | None = None  # write every detection here (the landmarks format), to reuse
+    # --- video
+    video_codec: str = "libx264"  # H.264 encoder (h264_nvenc where FFmpeg has it)
+    video_preset: str = "veryfast"  # x264 preset (ultrafast ... veryslow)
+    crf: int = 18  # x264 constant quality (0: lossless)
     # --- compute
-    batch_size: int = 16  # targets per forward pass
-    device: str | None = None  # cpu | cuda | auto
+    batch_size: int = 16  # faces (or aligned targets) per generator call
+    device: str | None = None  # cpu | cuda | auto (default)
+    dtype: str = field(default="fp32", metadata={"choices": tuple(sorted(DTYPES))})  # autocast around the generator
+    progress: bool = True  # tqdm bar in frames/s
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.blend not in BLENDS:
+            raise ValueError(f"--blend must be one of {BLENDS}, got {self.blend!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"--crop must be one of {sorted(CROPS)}, got {self.crop!r}")
+        if self.faces not in ("all", "largest") and not (self.faces.isdigit() and int(self.faces) > 0):
+            raise ValueError(f"--faces must be all, largest or a positive count, got {self.faces!r}")
+        if self.min_face < 0 or not 0 < self.det_threshold <= 1:
+            raise ValueError("--min-face must be >= 0 and --det-threshold in (0, 1]")
+        kind, _, arg = self.detector.partition(":")
+        if not (self.detector == "aligned" or (kind in ("scrfd", "landmarks") and arg)):
+            raise ValueError(
+                f"--detector must be scrfd:PATH.onnx, landmarks:FILE.json or aligned, got {self.detector!r}"
+            )
         if not Path(self.source).is_file():
             raise FileNotFoundError(f"--source {self.source} is not a file")
         if not Path(self.target).exists():
             raise FileNotFoundError(f"--target {self.target} does not exist")
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading a generator
-
-
-def _strip_module(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """DDP-wrapped checkpoints (accelerate saves them wrapped) prefix every key with `module.`."""
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def resolve_generator(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(weights file, spec) for any of the accepted --checkpoint forms."""
-    path = Path(path)
-    if path.is_file():
-        spec_path = path.with_suffix(".json")
-        if not spec_path.is_file():
-            raise FileNotFoundError(
-                f"{path} has no {spec_path.name} beside it (written with it at the end of training)"
-            )
-        return path, json.loads(spec_path.read_text(encoding="utf-8"))
-    for candidate in (path / GENERATOR_FILE, path / "final" / GENERATOR_FILE):
-        if candidate.is_file():
-            return resolve_generator(candidate)
-    if (path / STATE_FILE).is_file():  # a training checkpoint: the run's config says how to build it
-        config_path = path.parent.parent / "config.yaml"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} has no run config at {config_path}")
-        cfg = load_config(config_path)
-        gen_config = build_generator(cfg.generator, **cfg.generator_overrides).config
-        step = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["step"]
-        ema = (path / EMA_FILE).is_file()
-        return (path / EMA_FILE if ema else path / "model.safetensors"), generator_spec(cfg, gen_config, step, ema)
-    raise FileNotFoundError(
-        f"--checkpoint {path}: no generator here (expected a run dir with final/{GENERATOR_FILE}, a checkpoint "
-        f"folder, or a {GENERATOR_FILE} file)"
-    )
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
-    weights, spec = resolve_generator(path)
-    model = Generator(spec_config(spec))
-    model.load_state_dict(_strip_module(load_file(str(weights))), strict=True)
-    return model.eval().requires_grad_(False).to(device), spec
-
-
-def load_identity(spec: dict[str, Any], cfg: SwapConfig) -> IdentityEncoder:
-    """The run's identity encoder, or the one given on the command line."""
-    from training.train import build_identity
-
-    rec = spec["identity"]
-    if cfg.id_weights is not None:
-        emap = cfg.emap or rec.get("emap")
-        arch = cfg.id_arch or ("r50" if rec["arch"] == "tiny" else rec["arch"])  # real weights: a real arch
-        return build_identity(arch, str(cfg.id_weights), emap and str(emap))
-    if rec.get("random"):
-        print(
-            "note: this generator was trained with a random identity encoder (allow_random_weights); "
-            "rebuilding the same seeded one",
-            file=sys.stderr,
-        )
-        return build_identity(rec["arch"], None, rec.get("emap"), rec.get("use_emap", True), True, rec.get("seed", 0))
-    weights = rec.get("weights")
-    if not weights or not Path(weights).is_file():
-        raise FileNotFoundError(
-            f"the identity encoder recorded with the generator ({weights}) is not here; pass --id-weights (and --emap)"
-        )
-    emap = cfg.emap or rec.get("emap")
-    return build_identity(cfg.id_arch or rec["arch"], weights, emap and str(emap), rec.get("use_emap", True))
-
-
-# ---------------------------------------------------------------------------------------------
-# Images
-
-
-def load_face(path: Path, size: int) -> torch.Tensor:
-    """An aligned face crop as (3, size, size) in [0, 1] (EXIF orientation applied, bicubic resize)."""
-    with Image.open(path) as img:
-        rgb = ImageOps.exif_transpose(img).convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255  # (3, H, W)
-
-
-def save_image(x: torch.Tensor, path: Path) -> None:
-    """(3, H, W) in [0, 1] to a PNG or JPEG (by suffix), atomically."""
-    array = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
-    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    with atomic_open(path, "wb") as f:
-        Image.fromarray(array, "RGB").save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-
-
 def list_targets(target: Path) -> list[Path]:
+    """Aligned crops: the file, or the images directly inside the folder."""
     if target.is_file():
         return [target]
     found = sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -161,8 +126,179 @@ def list_targets(target: Path) -> list[Path]:
     return found
 
 
+def list_media(target: Path) -> list[Path]:
+    """Faces in the wild: the file, or every photo and video in the folder's tree (hidden files skipped)."""
+    if target.is_file():
+        return [target]
+    suffixes = IMAGE_SUFFIXES + video.VIDEO_SUFFIXES
+    found = sorted(
+        p
+        for p in target.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in suffixes
+        and not any(part.startswith(".") for part in p.relative_to(target).parts)
+    )
+    if not found:
+        raise FileNotFoundError(f"--target {target} holds no photos or videos")
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # Stage
+
+
+class Failures:
+    """Bad inputs, counted by reason, printed as they happen and listed in the summary."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.rows: list[dict[str, str]] = []
+
+    def __call__(self, path: Path, reason: str, detail: object) -> None:
+        self.counts[reason] += 1
+        self.rows.append({"path": str(path), "reason": reason, "detail": str(detail)})
+        print(f"training.swap: {reason}: {path}: {detail}", file=sys.stderr)
+
+
+def source_embedding(cfg: SwapConfig, identity: IdentityEncoder, detector: Detector | None, size: int) -> torch.Tensor:
+    """(1, 512): an aligned source crop resized, or the largest detected face's 112 ArcFace crop."""
+    device = next(identity.parameters()).device
+    source = Path(cfg.source)
+    if detector is None:
+        return identity(load_face(source, size)[None].to(device))
+    image = load_rgb(source)
+    faces = detector(image, source.name)
+    if not faces:
+        hint = f" (no entry {source.name!r} in the landmarks file)" if cfg.detector.startswith("landmarks:") else ""
+        raise ValueError(f"--source {source}: no face found{hint}")
+    largest = max(faces, key=lambda f: f.area)
+    crop = torch.from_numpy(arcface_crop(image, largest.kps).copy()).permute(2, 0, 1).float() / 255  # (3, 112, 112)
+    return identity(crop[None].to(device))
+
+
+def make_swap_fn(generator: Generator, z: torch.Tensor, dtype: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    device_type = z.device.type
+
+    def swap(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
+            return generator(batch, z.expand(len(batch), -1)).float()  # (b, 3, S, S)
+
+    return swap
+
+
+def run_aligned(
+    cfg: SwapConfig, swap_fn: Callable, size: int, fail: Failures, device: torch.device, official: dict | None = None
+) -> dict[str, Any]:
+    """Today's path: aligned crops in, swapped crops at the generator's size out (with `official`, the
+    spec's `preprocess` from training.convert: the official eval.py's exact resizing and rounding)."""
+    target = Path(cfg.target)
+    if target.is_file() and video.is_video(target):
+        raise ValueError(f"--target {target} is a video: --detector aligned takes aligned crops; give a detector")
+    targets = list_targets(target)
+    many = target.is_dir()
+    if many:
+        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+    outputs = []
+    bar = tqdm(total=len(targets), unit="frame", desc="swap", disable=not cfg.progress)
+    for i in range(0, len(targets), cfg.batch_size):
+        chunk, faces = [], []
+        for p in targets[i : i + cfg.batch_size]:
+            try:
+                faces.append(official_target(p, official) if official else load_face(p, size))
+                chunk.append(p)
+            except UNREADABLE as e:
+                fail(p, "unreadable_image", e)
+                bar.update(1)
+        if not chunk:
+            continue
+        swaps = swap_fn(torch.stack(faces).to(device))  # (b, 3, size, size)
+        for path, swap in zip(chunk, swaps, strict=True):
+            out = Path(cfg.output) / f"{path.stem}.png" if many else Path(cfg.output)
+            save_image(swap, out, truncate=official is not None)
+            outputs.append(str(out))
+        bar.update(len(chunk))
+    bar.close()
+    return {"frames": len(targets), "faces_swapped": len(outputs), "outputs": outputs}
+
+
+def run_wild(
+    cfg: SwapConfig, swap_fn: Callable, size: int, detector: Detector, fail: Failures, device: torch.device
+) -> dict[str, Any]:
+    """Photos, folders and videos: detect, align, swap in batches, paste back."""
+    target, output = Path(cfg.target), Path(cfg.output)
+    media = list_media(target)
+    many = target.is_dir()
+    if not many and video.is_video(target) and not video.is_video(output):
+        raise ValueError(f"--output {output} must be a video file (.mp4, .mkv, .mov) for the video {target}")
+    photos = [p for p in media if not video.is_video(p)]
+    videos = [p for p in media if video.is_video(p)]
+    options = FaceOptions(size, cfg.crop, cfg.faces, cfg.min_face, cfg.blend, cfg.batch_size)
+    swapper = FaceSwapper(swap_fn, detector, options, device=str(device), record=cfg.save_landmarks is not None)
+
+    def key(p: Path) -> str:  # the landmarks key: path relative to --target
+        return p.relative_to(target).as_posix() if many else p.name
+
+    def destination(p: Path) -> Path:
+        if not many:
+            return output
+        out = output / p.relative_to(target)
+        return video.output_path(out) if video.is_video(p) else out
+
+    total = len(photos)
+    for v in videos:
+        with contextlib.suppress(video.VideoError):  # an unreadable one is reported when it is swapped
+            total += video.probe(v).frames
+    bar = tqdm(total=total, unit="frame", desc="swap", disable=not cfg.progress)
+    outputs: list[str] = []
+
+    def photo_items() -> Iterator[Item]:
+        for p in photos:
+            try:
+                image = load_rgb(p)
+            except UNREADABLE as e:
+                fail(p, "unreadable_image", e)
+                bar.update(1)
+                continue
+            yield Item(key(p), RgbCanvas(image), tag=p)
+
+    for item in swapper(photo_items()):  # one stream: faces from many photos share a batch
+        out = destination(item.tag)
+        if not item.faces and out.suffix.lower() == item.tag.suffix.lower():
+            copy_file(item.tag, out)  # no face: the file itself, byte for byte
+        else:
+            save_photo(item.image.image, out)
+        outputs.append(str(out))
+        bar.update(1)
+
+    reports = []
+    encode = video.EncodeOptions(cfg.video_codec, cfg.video_preset, cfg.crf)
+    for v in videos:
+        base = key(v)
+
+        def process(frames: video.Frames, base: str = base) -> video.Frames:
+            for item in swapper(Item(frame_key(base, i), canvas, tag=i) for i, canvas in frames):
+                bar.update(1)
+                yield item.tag, item.image
+
+        try:
+            report = video.transcode(v, destination(v), process, encode, on_error=lambda r, d, v=v: fail(v, r, d))
+        except video.VideoError as e:
+            fail(v, e.reason, e.detail)
+            continue
+        outputs.append(str(destination(v)))
+        reports.append({"path": str(v), **report})
+    bar.close()
+    if cfg.save_landmarks is not None:
+        source = Path(cfg.source)
+        if source.name not in swapper.detections:  # the source too, so the cache replays the whole run
+            swapper.detections[source.name] = detector(load_rgb(source), source.name)
+        save_landmarks(cfg.save_landmarks, swapper.detections)
+    return {
+        **{k: swapper.counts[k] for k in ("frames", "faces_swapped", "no_face", "faces_too_small")},
+        "videos": reports,
+        "outputs": outputs,
+        "time": {k: round(v, 3) for k, v in swapper.seconds.items()},
+    }
 
 
 @torch.no_grad()
@@ -172,61 +308,50 @@ def run(cfg: SwapConfig) -> dict[str, Any]:
     generator, spec = load_generator(cfg.checkpoint, device)
     identity = load_identity(spec, cfg).to(device)
     size = int(spec["image_size"])
-    z = identity(load_face(Path(cfg.source), size)[None].to(device))  # (1, 512)
-    targets = list_targets(Path(cfg.target))
-    many = Path(cfg.target).is_dir()
-    if many:
-        Path(cfg.output).mkdir(parents=True, exist_ok=True)
-    outputs = []
-    for i in range(0, len(targets), cfg.batch_size):
-        chunk = targets[i : i + cfg.batch_size]
-        batch = torch.stack([load_face(p, size) for p in chunk]).to(device)  # (b, 3, size, size)
-        swaps = generator(batch, z.expand(len(chunk), -1))  # (b, 3, size, size)
-        for path, swap in zip(chunk, swaps, strict=True):
-            out = Path(cfg.output) / f"{path.stem}.png" if many else Path(cfg.output)
-            save_image(swap, out)
-            outputs.append(str(out))
+    detector = parse_detector(cfg.detector, threshold=cfg.det_threshold) if cfg.detector != "aligned" else None
+    official = spec.get("preprocess") if detector is None else None  # converted official weights
+    if official:  # eval.py's source: PIL bilinear 112, (x * 255).int() / 127.5 - 1
+        z = identity.encode(official_source(Path(cfg.source), official).to(device))  # (1, 512)
+    else:
+        z = source_embedding(cfg, identity, detector, size)  # (1, 512)
+    swap_fn = make_swap_fn(generator, z, cfg.dtype)
+    fail = Failures()
+    if detector is None:
+        done = run_aligned(cfg, swap_fn, size, fail, device, official)
+    else:
+        done = run_wild(cfg, swap_fn, size, detector, fail, device)
+    seconds = time.perf_counter() - start
     return {
         "generator": spec.get("preset"),
         "step": spec.get("step"),
         "image_size": size,
-        "swaps": len(outputs),
-        "outputs": outputs,
-        "seconds": round(time.perf_counter() - start, 3),
+        "detector": cfg.detector,
+        "crop": cfg.crop if detector is not None else None,
+        "blend": cfg.blend if detector is not None else None,
+        "swaps": len(done["outputs"]),
+        **done,
+        "errors": dict(sorted(fail.counts.items())),
+        "failures": fail.rows,
+        "seconds": round(seconds, 3),
+        "frames_per_s": round(done["frames"] / seconds, 2) if seconds > 0 else None,
     }
 
 
 def parse_args(argv: list[str] | None = None) -> SwapConfig:
-    p = argparse.ArgumentParser(prog="python -m training.swap", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, type=Path, help="RUN_DIR, its final/, a checkpoint, or a file")
-    p.add_argument("--source", required=True, type=Path, help="the face giving the identity (aligned crop)")
-    p.add_argument("--target", required=True, type=Path, help="an aligned face crop or a folder of them")
-    p.add_argument("--output", required=True, type=Path, help="output image (one target) or folder (a folder)")
-    p.add_argument("--id-weights", type=Path, default=None, help="identity encoder checkpoint (default: recorded)")
-    p.add_argument("--emap", type=Path, default=None, help="InSwapper emap .npy (default: recorded)")
-    p.add_argument("--id-arch", default=None, choices=["r50", "r100"], help="default: recorded")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default=None, help="cpu | cuda | auto (default)")
-    a = p.parse_args(argv)
-    return SwapConfig(
-        checkpoint=a.checkpoint,
-        id_weights=a.id_weights,
-        emap=a.emap,
-        id_arch=a.id_arch,
-        source=a.source,
-        target=a.target,
-        output=a.output,
-        batch_size=a.batch_size,
-        device=a.device,
-    )
+    try:
+        return cli.parse_config("python -m training.swap", __doc__, SwapConfig, argv)
+    except FileNotFoundError as e:  # a --source or --target that is not there
+        cli.fail("training.swap", str(e))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = parse_args(argv)
     try:
-        summary = run(parse_args(argv))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"training.swap: error: {e}") from e
-    print(json.dumps({"swap": {k: v for k, v in summary.items() if k != "outputs"}}), file=sys.stderr)
+        summary = run(cfg)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        cli.fail("training.swap", str(e))
+    shown = {k: v for k, v in summary.items() if k not in ("outputs", "failures")}  # failures were printed
+    print(json.dumps({"swap": shown}), file=sys.stderr)
     return summary
 
 

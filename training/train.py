@@ -278,7 +278,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
 def _init_generator(G: torch.nn.Module, path: str) -> None:
     """Load a generator folder's weights (training.swap's --checkpoint forms) into G, strictly; its
     GeneratorConfig must equal this run's, or the first differing field is named."""
-    from training.swap import load_generator
+    from training.inference import load_generator
 
     source, spec = load_generator(path)
     ours, theirs = G.config, source.config

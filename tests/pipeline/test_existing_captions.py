@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline.caption import CaptionConfig, main, run
-from pipeline.card import captioning_section, dataset_facts, render_card, statistics_section
+from pipeline.datacard import captioning_section, dataset_facts, render_card, statistics_section
 from pipeline.dataset import DatasetDir
 from pipeline.prompts import PAPER_TEXT
 from pipeline.shards import iter_shard

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.training.run_builders import demo_args
-from training import convert, export, swap
+from training import convert, export, inference, swap
 from training.convert import OFFICIAL_EVAL, ConversionError, convert_generator, convert_official
 from training.models import GENERATOR_PRESETS, Generator, GeneratorConfig, IdentityEncoder
 
@@ -232,7 +232,7 @@ def test_full_size_official_layout_converts_to_our_generator() -> None:
 
 
 def test_converted_generator_computes_the_official_forward(narrow_official) -> None:
-    generator, spec = swap.load_generator(narrow_official["dir"])  # what swap and export load
+    generator, spec = inference.load_generator(narrow_official["dir"])  # what swap and export load
     assert spec["preprocess"] == OFFICIAL_EVAL and spec["ema"] is False and spec["step"] == 125_000
     assert spec["converted_from"]["format"] == "alphaface-official"
     assert (generator.config.target_range, generator.config.eps, generator.config.caii_mode) == (
@@ -289,7 +289,7 @@ def test_swap_with_converted_weights_is_the_official_eval_pipeline(narrow_offici
     # eval.py: s_transform = Resize((112, 112)), ToTensor, (x*255).int()/127.5 - 1; t_transform = Resize((256, 256))
     s = torch.from_numpy(np.asarray(Image.open(source).convert("RGB").resize((112, 112), Image.BILINEAR)).copy())
     s = ((s.permute(2, 0, 1).float().div(255) * 255.0).int() / 127.5 - 1.0)[None]
-    assert torch.equal(convert.official_source(source), s)
+    assert torch.equal(inference.official_source(source), s)
     t = torch.from_numpy(np.asarray(Image.open(target).convert("RGB").resize((256, 256), Image.BILINEAR)).copy())
     t = t.permute(2, 0, 1).float().div(255)[None]
     with torch.no_grad():
@@ -395,7 +395,7 @@ def test_full_size_convert_and_swap_match_the_official_forward(tmp_path) -> None
     out = tmp_path / "converted"
     convert.main(["--from", "alphaface-official", "--checkpoint", str(ckpt), "--id-weights", str(ids),
                   "--emap", str(emp), "--output", str(out)])  # fmt: skip
-    generator, spec = swap.load_generator(out)
+    generator, spec = inference.load_generator(out)
     assert spec["preset"] == "alphaface"
     g = torch.Generator().manual_seed(14)
     target, z = torch.rand(1, 3, 256, 256, generator=g), F.normalize(torch.randn(1, 512, generator=g), dim=1)

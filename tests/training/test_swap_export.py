@@ -12,21 +12,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file
 
-from tests.training.conftest_train import (  # noqa: F401  (fixtures)
-    IMAGE_SIZE,
-    demo_run,
-    train_clip,
-    train_data,
-)
+from tests.training.run_builders import IMAGE_SIZE
 from training import export, swap
-from training.swap import SwapConfig, load_face, load_generator, load_identity
+from training.checkpoint import save_generator
+from training.inference import load_face, load_generator, load_identity, resolve_generator
+from training.swap import SwapConfig
 
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     """Aligned crops as a user has them: larger JPEG/PNG files, resized by swap to the run's size."""
-    from pipeline.synthetic import generate
+    from demo.synthetic import generate
 
     root = tmp_path_factory.mktemp("faces")
     generate(root / "raw", "vggface2-hq", identities=2, per_identity=3, seed=5, size=160)
@@ -40,7 +38,7 @@ def faces(tmp_path_factory):
     return root / "raw" / "n000001" / "0001_01.jpg", targets
 
 
-def test_swap_a_folder_in_batches_and_a_single_image(tmp_path, demo_run, faces):  # noqa: F811
+def test_swap_a_folder_in_batches_and_a_single_image(tmp_path, demo_run, faces):
     source, targets = faces
     out = tmp_path / "swaps"
     summary = swap.main(["--checkpoint", str(demo_run), "--source", str(source), "--target", str(targets),
@@ -65,20 +63,19 @@ def test_swap_a_folder_in_batches_and_a_single_image(tmp_path, demo_run, faces):
     assert Image.open(one).format == "JPEG" and Image.open(one).size == (IMAGE_SIZE, IMAGE_SIZE)
 
 
-def test_swap_refuses_a_missing_identity_encoder_with_the_fix(tmp_path, demo_run, faces):  # noqa: F811
+def test_swap_refuses_a_missing_identity_encoder_with_the_fix(tmp_path, demo_run, faces):
     source, targets = faces
     final = tmp_path / "final"
     shutil.copytree(demo_run / "final", final)
-    spec_path = final / "generator.json"
-    spec = json.loads(spec_path.read_text())
+    weights, spec = resolve_generator(final)
     spec["identity"] = {**spec["identity"], "random": False, "weights": "/elsewhere/w600k_r50.pth"}
-    spec_path.write_text(json.dumps(spec))
+    save_generator(final, load_file(str(weights)), spec)
     with pytest.raises(SystemExit, match="pass --id-weights"):
         swap.main(["--checkpoint", str(final / "generator.safetensors"), "--source", str(source),
                    "--target", str(targets), "--output", str(tmp_path / "o")])  # fmt: skip
 
 
-def test_onnx_export_matches_torch_with_a_dynamic_batch(tmp_path, demo_run):  # noqa: F811
+def test_onnx_export_matches_torch_with_a_dynamic_batch(tmp_path, demo_run):
     path = tmp_path / "generator.onnx"
     summary = export.main(["--checkpoint", str(demo_run), "--onnx", str(path)])
     assert summary["image_size"] == IMAGE_SIZE and path.is_file()
@@ -101,9 +98,9 @@ def test_onnx_export_matches_torch_with_a_dynamic_batch(tmp_path, demo_run):  # 
         np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-4)
 
 
-def test_swap_rebuilds_the_identity_encoder_the_run_trained_with(demo_run, faces):  # noqa: F811
+def test_swap_rebuilds_the_identity_encoder_the_run_trained_with(demo_run, faces):
     from training.config import load_config
-    from training.train import build_identity
+    from training.models.identity import build_identity
 
     source, targets = faces
     cfg = load_config(demo_run / "config.yaml")
@@ -116,7 +113,7 @@ def test_swap_rebuilds_the_identity_encoder_the_run_trained_with(demo_run, faces
 
 
 @pytest.mark.slow
-def test_swap_with_given_identity_weights_and_emap(tmp_path, demo_run, faces):  # noqa: F811
+def test_swap_with_given_identity_weights_and_emap(tmp_path, demo_run, faces):
     """--id-weights/--emap replace the recorded encoder: an insightface-layout r50 checkpoint and an emap."""
     from safetensors.torch import save_file
 
