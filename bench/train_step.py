@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cpu = ["device=cpu", "mixed_precision=no", "batch_size=4", "num_workers=1"]
     result["cpu_batch4"] = {
-        "demo": bench_train(CONFIGS / "demo.yaml", dataset, work / "demo", 4, [*cpu, f"clip_model={clip_json}"])
+        "demo": bench_train(
+            CONFIGS / "demo.yaml", dataset, work / "demo", 4, [*cpu, f"clip_model={clip_json}", "clip_pretrained=none"]
+        )
     }
     real_random = ["allow_random_weights=true", "clip_model=ViT-B-32", "clip_pretrained=none"]
     if not a.skip_fast:
