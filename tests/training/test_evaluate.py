@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +20,7 @@ import torch
 from PIL import Image
 
 from pipeline.cli import StageFailed
+from tests.training.faces.builders import face_entry, write_video
 from training import evaluate
 from training.checkpoint import generator_spec, save_generator
 from training.config import load_config
@@ -63,28 +62,6 @@ def scene(face: np.ndarray, t: np.ndarray, w: int = 160, h: int = 128) -> tuple[
     return out, apply(t, template("ffhq", face.shape[0]))
 
 
-def write_mp4(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
-        v = out.add_stream("libx264", rate=fps)
-        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
-        v.options = {"preset": "ultrafast", "crf": "8"}
-        for i, f in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in v.encode(frame):
-                out.mux(packet)
-        for packet in v.encode():
-            out.mux(packet)
-
-
-def entry(kps: np.ndarray) -> dict:
-    lo, hi = kps.min(0), kps.max(0)
-    pad = (hi - lo).max() * 0.6
-    return {"kps": kps.round(3).tolist(), "bbox": [*(lo - pad).round(3).tolist(), *(hi + pad).round(3).tolist()]}
-
-
 @pytest.fixture(scope="module")
 def ffpp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(FF++ root, landmarks JSON) for 4 identities and the 4 pairs of PAIRS (listed by two methods)."""
@@ -98,8 +75,8 @@ def ffpp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             img, kps = scene(face, t)
             frames.append(img)
             key = f"original_sequences/youtube/c23/videos/{n:03d}.mp4#{i}"
-            marks[key] = [] if key == EMPTY else [entry(kps)]
-        write_mp4(root / "original_sequences/youtube/c23/videos" / f"{n:03d}.mp4", frames)
+            marks[key] = [] if key == EMPTY else [face_entry(kps)]
+        write_video(root / "original_sequences/youtube/c23/videos" / f"{n:03d}.mp4", frames, fps=10)
     for method in ("Deepfakes", "FaceSwap"):
         for t, s in PAIRS:
             dst = root / "manipulated_sequences" / method / "c23/videos" / f"{t}_{s}.mp4"

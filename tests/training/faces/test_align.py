@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.training.faces.conftest import background, place, similarity, smooth_face
+from tests.training.faces.builders import background, place, similarity, smooth_face
 from training.faces.align import (
     ARCFACE_112,
     align,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.training.faces.conftest import similarity
+from tests.training.faces.builders import similarity
 from training.faces.align import apply, invert
 from training.faces.blend import box_mask, crop_mask, ellipse_mask, paste
 

@@ -6,7 +6,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from tests.training.faces.conftest import background, similarity
+from tests.training.faces.builders import background, similarity
 from tests.training.faces.test_blend import reach
 from training.faces.align import invert, warp
 from training.faces.blend import crop_mask

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from demo.faces import SCENE, pasted_back_demo
-from tests.training.faces.conftest import smooth_face
+from tests.training.faces.builders import smooth_face
 
 
 def test_pasted_back_demo_swaps_every_placed_face(tmp_path, tiny_generator):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.training.faces.conftest import (
+from tests.training.faces.builders import (
     GEN_SIZE,
     background,
     decode_video,

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tests.training.faces.conftest import background, decode_video, write_video
+from tests.training.faces.builders import background, decode_video, write_video
 from training.faces import video
 
 
