@@ -83,7 +83,7 @@ def run(out: Path, identities: int = 4, per_identity: int = 4, size: int = 256) 
     summary["swap"] = swap.main(
         [
             "--checkpoint", str(run_dir), "--source", str(source), "--target", str(identities_dirs[-1]),
-            "--output", str(out / "swaps"), "--device", "cpu",
+            "--output", str(out / "swaps"), "--detector", "aligned", "--device", "cpu",
         ]
     )  # fmt: skip
     _step("faces in the wild (two crops placed in a scene, found by landmarks, swapped, pasted back)")

@@ -34,11 +34,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.sources import SYNTHETIC_MARKER
+
 LAYOUTS = ("vggface2-hq", "celeba-hq")
 DEFAULT_SIZE = {"vggface2-hq": 512, "celeba-hq": 1024}
 MASK_SIZE = 512  # CelebAMask-HQ annotations are 512x512 whatever the image size
 MASKS_PER_FOLDER = 2000  # CelebAMask-HQ-mask-anno/<idx // 2000>/
-ATTRIBUTES_FILE = "synthetic_attributes.jsonl"
+ATTRIBUTES_FILE = SYNTHETIC_MARKER  # its presence marks the data synthetic (pipeline.sources)
 
 EXPRESSIONS = ("neutral", "smile", "open_mouth", "frown")
 OCCLUDERS = ("hand", "mask", "microphone")

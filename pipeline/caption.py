@@ -34,6 +34,7 @@ from pipeline.dataset import (
     dumps_json,
     remove_temporaries_of,
     sanitize,
+    stable_detail,
 )
 from pipeline.distributed import my_shards, resolve_device, resolve_rank
 from pipeline.engines.base import CaptionEngine, EngineInfo, Generation, Prompt
@@ -358,7 +359,7 @@ def write_outputs(
             "path": s.record.source_path,
             "stage": s.error[0],
             "reason": s.error[1],
-            "detail": s.detail,
+            "detail": stable_detail(s.detail),
         }
         for s in failed
     ]
@@ -396,7 +397,25 @@ def write_outputs(
     return stats
 
 
+class EngineUnavailable(RuntimeError):
+    """The captioning engine could not start: not installed, or its model could not be loaded."""
+
+
 def build_engine(cfg: CaptionConfig) -> CaptionEngine:
+    """The engine, or EngineUnavailable saying why it cannot start (nothing has been written yet)."""
+    try:
+        return _start_engine(cfg)
+    except ImportError as e:  # vLLM not installed here
+        raise EngineUnavailable(str(e)) from e
+    except OSError as e:  # a hub name while offline, a missing local folder, an incomplete checkpoint
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EngineUnavailable(
+            f"--model {cfg.model} could not be loaded ({first}); give a local checkpoint folder, or run where "
+            "the Hugging Face Hub is reachable"
+        ) from e
+
+
+def _start_engine(cfg: CaptionConfig) -> CaptionEngine:
     if cfg.engine == "existing":
         return ExistingEngine(Path(cfg.input), cfg.source)
     if cfg.engine == "vllm":
@@ -468,6 +487,7 @@ def run(cfg: CaptionConfig, engine: CaptionEngine | None = None) -> dict[str, An
     writer = ThreadPoolExecutor(1, thread_name_prefix="write")
     want_mask = bool(plan["has_masks"])
     writing: Future[dict[str, Any]] | None = None
+    failed_by_reason: Counter[str] = Counter()
 
     def finish(done: Future[dict[str, Any]] | None) -> None:
         if done is not None:
@@ -475,6 +495,7 @@ def run(cfg: CaptionConfig, engine: CaptionEngine | None = None) -> dict[str, An
             summary["done_now"] += 1
             summary["ok"] += stats["ok"]
             summary["failed"] += sum(stats["failed"].values())
+            failed_by_reason.update(stats["failed"])
 
     try:
         upcoming = load_shard(pool, shard_records(plan, todo[0]), cfg, want_mask)
@@ -495,7 +516,31 @@ def run(cfg: CaptionConfig, engine: CaptionEngine | None = None) -> dict[str, An
         bar.close()
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["images_per_second"] = round(total / summary["seconds"], 3) if summary["seconds"] else None
+    summary["failed_by_reason"] = dict(sorted(failed_by_reason.items()))
+    if summary["failed"] and not summary["ok"]:
+        raise NothingCaptioned(nothing_captioned(summary, cfg, ds))
     return summary
+
+
+class NothingCaptioned(RuntimeError):
+    """Every input this process was given failed: the run produced nothing."""
+
+
+HINTS = {
+    "caption_missing": "--engine existing takes each caption from the source's own caption files (txt/)",
+    "image_missing": "the plan lists files that are no longer under --input",
+}
+
+
+def nothing_captioned(summary: dict[str, Any], cfg: CaptionConfig, ds: DatasetDir) -> str:
+    reasons = summary["failed_by_reason"]
+    hints = [HINTS[r] for r in reasons if r in HINTS]
+    return (
+        f"nothing was captioned: all {summary['failed']} inputs failed "
+        f"({', '.join(f'{r}: {n}' for r, n in reasons.items())}; one line each in {ds.errors_dir})"
+        + (f"; {'; '.join(hints)}" if hints else "")
+        + "; after fixing the inputs, rerun with --overwrite"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> CaptionConfig:
@@ -507,7 +552,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pipeline.caption",
         lambda: parse_args(argv),
         run,
-        (FileNotFoundError, PlanMismatch, ValueError),
+        (FileNotFoundError, PlanMismatch, ValueError, EngineUnavailable, NothingCaptioned),
         "caption",
     )
 

@@ -51,6 +51,7 @@ def run(cfg: CardConfig) -> dict[str, Any]:
         assets_dir=assets,
         template=cfg.template,
         facts=facts,
+        local=out.resolve().parent == Path(cfg.dataset).resolve(),  # the dataset's own card loads it as it is
     )
     atomic_write_bytes(out, text.encode("utf-8"))
     return {

@@ -41,7 +41,7 @@ class StageFailed(SystemExit):
 
 
 def fail(prog: str, message: str) -> NoReturn:
-    line = f"{prog}: error: {message}"
+    line = f"{prog}: error: {' '.join(message.split())}"  # one line, whatever the exception's text held
     print(line, file=sys.stderr)
     raise StageFailed(line)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+import data_cards
 from pipeline.dataset import DatasetDir, atomic_write_bytes
 from pipeline.embeddings import decode_metadata
 from pipeline.hub import (
@@ -33,6 +34,7 @@ from pipeline.hub import (
     dataset_features,
     embedding_column,
     hub_configs,
+    public_model_name,
     published_schema,
     source_info,
     source_of,
@@ -41,7 +43,7 @@ from pipeline.hub import (
 from pipeline.prompts import PROMPTS, SOURCE_PROMPT, WORD_LIMITS, word_stats
 from pipeline.sources import CELEBA_LABELS, MASK_CELEBA_LABELS, MASK_REGION
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "data_cards"
+TEMPLATES_DIR = Path(data_cards.__file__).resolve().parent  # package data: a wheel install has them too
 
 ATTRIBUTE_VALUES_SHOWN = 8  # per attribute, in the card's tables and plot
 # What a `.mask.png` member holds, by the shards' `mask_format` (shards before it hold binary regions).
@@ -111,8 +113,8 @@ def clip_facts(ds: DatasetDir, tag: str, shards: list[int]) -> dict[str, Any]:
             sims += table.column("text_image_sim").to_pylist()
     return {
         "tag": tag,
-        "model": meta.get("clip_model", "?"),
-        "pretrained": meta.get("clip_pretrained", "?"),
+        "model": public_model_name(meta.get("clip_model", "?")),
+        "pretrained": public_model_name(meta.get("clip_pretrained", "?")),
         "embed_dim": int(meta["embed_dim"]) if "embed_dim" in meta else None,
         "context_length": int(meta["context_length"]) if "context_length" in meta else 77,
         "attributes": json.loads(meta.get("attributes", "[]")),
@@ -141,6 +143,10 @@ def _attribute_order(schema: dict[str, Any] | None, attributes: dict[str, Any]) 
     """The prompt's own field order (pose first), then any field it does not list."""
     order = [a for a in (schema or {}).get("required", []) if a in attributes]
     return order + sorted(set(attributes) - set(order))
+
+
+def _public_engine(engine: dict[str, Any], shards: int) -> dict[str, Any]:
+    return {**engine, "model": public_model_name(str(engine.get("model", "?"))), "shards": shards}
 
 
 def dataset_facts(dataset_dir: str | Path, clip_tags: list[str] | None = None) -> dict[str, Any]:
@@ -211,7 +217,7 @@ def dataset_facts(dataset_dir: str | Path, clip_tags: list[str] | None = None) -
         "image_format": stats[0].get("image_format", plan.get("fingerprint", {}).get("image_format", "jpg"))
         if stats
         else "jpg",
-        "engines": [{**json.loads(k), "shards": n} for k, n in sorted(engines.items())],
+        "engines": [_public_engine(json.loads(k), n) for k, n in sorted(engines.items())],
         "seconds": round(sum(float(s.get("seconds", 0.0)) for s in stats), 3),
         "clip": {tag: clip_facts(ds, tag, shards) for tag in embedding_tags(ds, clip_tags)},
     }
@@ -574,6 +580,10 @@ def release_notice(info: SourceInfo, include_images: bool) -> str:
 
 
 def release_terms(info: SourceInfo, include_images: bool) -> str:
+    if info.images_redistributable:
+        return "The images may be shared freely: " + (
+            "they are in the WebDataset shards." if include_images else "this release holds the annotations only."
+        )
     if include_images:
         return (
             f"This release **redistributes images from {info.pretty}** inside the WebDataset shards. It is meant "
@@ -619,7 +629,7 @@ def card_values(
 ) -> dict[str, str]:
     """The placeholders a template may use (data_cards/README.md documents them)."""
     model = facts["engines"][0]["model"] if facts["engines"] else "unknown"
-    model_short = str(model).rstrip("/").split("/")[-1]
+    model_short = str(model).split(" (")[0].rstrip("/").split("/")[-1]  # "x (a local checkpoint)" -> "x"
     flagged = facts["flags"].get("identity_words", 0)
     first_clip = next(iter(facts["clip"].values()), None)
     return {
@@ -660,6 +670,7 @@ def front_matter(
     include_images: bool,
     features: list[dict[str, Any]],
     where: str,
+    local: bool = False,
 ) -> dict[str, Any]:
     # Values go into the YAML as JSON strings (valid YAML), so no value can change its structure.
     quoted = {k: json.dumps(v, ensure_ascii=False) for k, v in values.items()}
@@ -667,7 +678,7 @@ def front_matter(
     if not isinstance(meta, dict):
         raise ValueError(f"{where}: the front matter must be a YAML mapping")
     meta["size_categories"] = [size_category(facts["samples"])]
-    meta["configs"] = hub_configs(include_images, facts["split"])
+    meta["configs"] = hub_configs(include_images, facts["split"], local)
     meta["dataset_info"] = {"config_name": "default", "features": features}
     if include_images:
         meta["extra_gated_prompt"] = (
@@ -692,8 +703,13 @@ def render_card(
     assets_dir: Path | None = None,
     template: Path | None = None,
     facts: dict[str, Any] | None = None,
+    local: bool = False,
 ) -> str:
-    """The README.md text for a dataset. Plots go to `assets_dir` (shown in the card) when it is given."""
+    """The README.md text for a dataset. Plots go to `assets_dir` (shown in the card) when it is given.
+
+    `local`: the card that lives in the dataset directory itself; its `configs` point at `shards/*.tar`,
+    so `datasets.load_dataset(DATASET)` reads the directory as it stands (the staged copy publish
+    makes points at its own layout)."""
     ds = DatasetDir(Path(dataset_dir))
     plan = ds.load_plan()
     facts = facts if facts is not None else dataset_facts(ds.root, clip_tags)
@@ -704,9 +720,9 @@ def render_card(
     structured = list(facts["json_schema"]["required"]) if facts["json_schema"] else None
     schema = published_schema(ds, list(facts["clip"]), 0, structured, facts)
     features = dataset_features(
-        schema, include_images, structured, str(facts["image_format"]), bool(plan.get("has_masks"))
+        schema, include_images or local, structured, str(facts["image_format"]), bool(plan.get("has_masks"))
     )
-    meta = front_matter(head, values, facts, include_images, features, str(path))
+    meta = front_matter(head, values, facts, include_images, features, str(path), local)
     dumped = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
     return f"---\n{dumped}---\n{_substitute(body, values, str(path))}"
 

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,15 @@ _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 def sanitize(part: str) -> str:
     """Every character outside [A-Za-z0-9_-] becomes '-' (no dots: WebDataset splits on them)."""
     return _KEY_UNSAFE.sub("-", part)
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_detail(text: str) -> str:
+    """An error detail without object addresses (`<_io.BytesIO object at 0x7f...>`), so identical runs
+    write identical errors files."""
+    return _ADDRESS.sub("", text)
 
 
 def make_key(dataset: str, identity: str | None, stem: str) -> str:
@@ -66,17 +76,38 @@ def unique_keys(keys: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------- atomic writes
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (`/proc/self/status`);
+    elsewhere set and restored under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Write to a hidden temporary file beside `path`, fsync, then `os.replace` into place.
 
+    The file ends with the mode a plain `open()` would give (0666 less the umask): `mkstemp` makes
+    it 0600, which colleagues and service accounts on a shared cluster could not read.
     On any exception the temporary file is removed and `path` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

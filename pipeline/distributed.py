@@ -49,6 +49,8 @@ def resolve_device(device: str | None) -> str:
 
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch finds no CUDA GPU on this machine; use --device cpu")
     if device == "cuda":
         idx = local_rank()
         torch.cuda.set_device(idx)

@@ -171,15 +171,37 @@ def embedding_tags_of(root: Path) -> list[str]:
     return sorted(p.name for p in emb.iterdir() if p.is_dir() and not p.name.startswith(".")) if emb.is_dir() else []
 
 
-def resolve_clip(datasets: list[Path]) -> tuple[str, str]:
-    """`clip_model: auto`: the one CLIP tag every dataset was embedded with, rebuilt from its record."""
-    tags = {Path(root): embedding_tags_of(root) for root in datasets}
+def check_dataset(root: Path) -> None:
+    """Say plainly what a --data folder is missing: the folder, its plan (captions) or its embeddings."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset {root} does not exist or is not a folder")
+    if not DatasetDir(root).plan_path.is_file():
+        raise FileNotFoundError(
+            f"{root} is not a captioned dataset (no plan.json): make one with "
+            f"python -m pipeline.caption --output {root}"
+        )
+    if not embedding_tags_of(root):
+        raise FileNotFoundError(
+            f"{root} has no embeddings yet: run "
+            f"python -m pipeline.embed --dataset {root} --clip-model ... --pretrained ..."
+        )
+
+
+def resolve_clip(datasets: list[Path], model: str = "auto") -> tuple[str, str]:
+    """The one CLIP tag every dataset was embedded with (`model` auto), or the one of `model` (its
+    pretrained tag unknown), rebuilt from its record as (clip_model, clip_pretrained)."""
+    for root in datasets:
+        check_dataset(root)
+    prefix = None if model == "auto" else sanitize(Path(model).stem if model.endswith(".json") else model) + "__"
+    tags = {Path(r): [t for t in embedding_tags_of(r) if prefix is None or t.startswith(prefix)] for r in datasets}
     common = set.intersection(*(set(t) for t in tags.values())) if tags else set()
     if len(common) != 1:
         found = "; ".join(f"{root}: {', '.join(t) or 'none'}" for root, t in tags.items())
         what = "no CLIP tag common to" if not common else f"several CLIP tags ({', '.join(sorted(common))}) in"
+        asked = "clip_model: auto" if prefix is None else f"clip_model {model} (clip_pretrained auto)"
         raise ValueError(
-            f"clip_model: auto found {what} the datasets ({found}); set clip_model and clip_pretrained "
+            f"{asked} found {what} the datasets ({found}); set clip_model and clip_pretrained "
             "to the ones given to pipeline.embed"
         )
     tag = common.pop()

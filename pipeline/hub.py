@@ -13,7 +13,9 @@ The annotation columns are the `.json` member's fields (pipeline.metadata), with
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -22,6 +24,7 @@ import pyarrow.parquet as pq
 from pipeline.dataset import DatasetDir
 from pipeline.embeddings import file_metadata
 from pipeline.metadata import FLAG_NAMES
+from pipeline.sources import SYNTHETIC_MARKER
 
 DATA_DIR = "data"  # annotation Parquet by default; the WebDataset tars with --include-images
 ANNOTATIONS_DIR = "annotations"  # the annotation Parquet when the tars take data/
@@ -59,7 +62,26 @@ def source_info(plan: dict[str, Any]) -> SourceInfo:
     """Known sources by name. Any other (`folder`) gets the generic card, named after the dataset; its
     terms are unknown to us, so they are treated as restrictive until the user edits the card."""
     name = str(plan.get("name") or plan.get("dataset") or "images")
-    return LICENCES.get(source_of(plan), SourceInfo("generic.md", name, images_redistributable=False))
+    known = LICENCES.get(source_of(plan), SourceInfo("generic.md", name, images_redistributable=False))
+    if is_synthetic(plan):  # drawn faces in a real dataset's layout: no person, no third-party terms
+        return SourceInfo("synthetic.md", f"Synthetic ({known.pretty} layout)", images_redistributable=True)
+    return known
+
+
+def is_synthetic(plan: dict[str, Any]) -> bool:
+    """The built-in synthetic faces (plans made before the `synthetic` field: the input's marker file)."""
+    if "synthetic" in plan:
+        return bool(plan["synthetic"])
+    root = plan.get("fingerprint", {}).get("input")
+    return bool(root) and (Path(root) / SYNTHETIC_MARKER).is_file()
+
+
+def public_model_name(model: str) -> str:
+    """A model as a card may name it: a Hub id or open_clip name as it is; a local path by its folder or
+    file name, so no card shows a machine's paths."""
+    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model) and not model.startswith(".") and not Path(model).exists():
+        return model
+    return f"{Path(model).name} (a local checkpoint)"
 
 
 def split_of(plan: dict[str, Any]) -> str:
@@ -76,11 +98,15 @@ def embedding_column(tag: str, field: str) -> str:
     return f"{tag}__{field}"
 
 
-def hub_configs(include_images: bool, split: str) -> list[dict[str, Any]]:
-    """The README `configs` for the staged layout; `datasets.load_dataset(folder)` reads them."""
+SHARDS_GLOB = "shards/*.tar"  # the dataset directory's own WebDataset shards (pipeline.dataset)
+
+
+def hub_configs(include_images: bool, split: str, local: bool = False) -> list[dict[str, Any]]:
+    """The README `configs`, so `datasets.load_dataset(folder)` reads them: the staged layout, or
+    (`local`) the dataset directory as the caption stage wrote it, whose shards are the tars."""
     # `datasets` infers one builder for all of a repo's configs, so the annotation Parquet that sits beside
     # the tars gets no config of its own; the card shows how to load it with the parquet builder.
-    default = f"{DATA_DIR}/*.tar" if include_images else f"{DATA_DIR}/*.parquet"
+    default = SHARDS_GLOB if local else f"{DATA_DIR}/*.tar" if include_images else f"{DATA_DIR}/*.parquet"
     return [{"config_name": "default", "data_files": [{"split": split, "path": default}]}]
 
 

@@ -3,8 +3,8 @@
 The plan is listed once. Ranks that start together all list the same sorted inputs and write the
 same bytes atomically, so a race between them is harmless. A rerun reads the plan and never
 relists. An output directory whose plan was made with other settings is refused unless
-`overwrite` is set; then rank 0 clears the directory and writes the new plan while the other ranks
-wait for it.
+`overwrite` is set, or no shard of it was finished (a run whose engine never started); then rank 0
+clears the directory and writes the new plan while the other ranks wait for it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.dataset import DatasetDir, atomic_write_json
-from pipeline.sources import SourceRecord, list_source
+from pipeline.sources import SYNTHETIC_MARKER, SourceRecord, list_source
 
 PLAN_VERSION = 1
 
@@ -33,6 +33,7 @@ def build_plan(fingerprint: dict[str, Any], records: list[SourceRecord], shard_s
         "dataset": records[0].dataset if records else name,
         "fingerprint": fingerprint,
         "has_masks": any(r.mask_path for r in records),
+        "synthetic": (Path(fingerprint["input"]) / SYNTHETIC_MARKER).is_file(),  # the built-in drawn faces
         "num_samples": len(records),
         "num_shards": len(shards),
         "shards": shards,
@@ -84,6 +85,9 @@ def load_or_create_plan(
     existing = _read(ds)
     if existing is not None and existing.get("fingerprint") == fingerprint:
         return existing
+    if existing is not None and not any(ds.stats_dir.glob("*.json")):
+        # nothing was finished under the old settings (say the engine never started): nothing to lose
+        overwrite = True
     if existing is not None and not overwrite:
         raise PlanMismatch(
             f"{ds.root} holds a dataset planned with other settings "

@@ -33,6 +33,9 @@ MASK_REGION = "region"  # 0/255 (any channels): white is the region the swap may
 MASK_CELEBA_LABELS = "celeba-labels"  # one channel, pixel = CELEBA_LABELS index; training picks the region
 MASK_FORMATS = {"celeba-hq": MASK_CELEBA_LABELS, "alphaface": MASK_REGION}  # sources with masks
 CAPTIONED_SOURCES = ("alphaface", "folder")  # sources whose records can carry their own caption file
+# The ground-truth file of the built-in synthetic faces (demo/synthetic.py): its presence in an input root
+# marks the data as synthetic, so cards say so instead of describing real people.
+SYNTHETIC_MARKER = "synthetic_attributes.jsonl"
 CELEBA_SPLITS = {"train": "0", "val": "1", "test": "2"}
 
 

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
@@ -163,10 +163,29 @@ def save_generator(folder: Path, state: dict[str, Tensor], spec: dict[str, Any])
     return path
 
 
+class NotAGenerator(ValueError):
+    """A --checkpoint file that is not a generator safetensors file (another format, or damaged)."""
+
+    def __init__(self, path: Path, error: Exception) -> None:
+        hint = ""
+        if Path(path).suffix.lower() in (".pt", ".pth", ".ckpt", ".bin"):
+            hint = (
+                "; an official AlphaFace checkpoint (.pt) must be converted first: "
+                "python -m training.convert --from alphaface-official --checkpoint FILE.pt --output DIR"
+            )
+        super().__init__(
+            f"--checkpoint {path} is not a generator file (the .safetensors that training.train or "
+            f"training.convert writes): {error}{hint}"
+        )
+
+
 def read_generator_spec(path: Path) -> dict[str, Any]:
     """The spec of a generator file: the one inside it; for files written before that, the `.json` beside."""
-    with safe_open(str(path), framework="pt") as f:
-        embedded = (f.metadata() or {}).get(SPEC_KEY)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            embedded = (f.metadata() or {}).get(SPEC_KEY)
+    except SafetensorError as e:
+        raise NotAGenerator(path, e) from None
     if embedded is not None:
         return json.loads(embedded)
     spec_path = Path(path).with_suffix(".json")

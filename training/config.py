@@ -100,7 +100,7 @@ class TrainConfig:
     vgg_weights: str | None = None  # torchvision vgg16-397923af.pth (or .safetensors) for the perceptual loss
     vgg_input_size: int = 224  # VGG16 input side (official 224)
     clip_model: str = "auto"  # auto: the CLIP the data was embedded with; or as given to embed --clip-model
-    clip_pretrained: str = "auto"  # auto (with clip_model auto); or as given to embed --pretrained
+    clip_pretrained: str = "auto"  # auto: the one recorded beside the data for clip_model; or embed's --pretrained
     allow_random_weights: bool = False  # demo/tests only: random frozen networks where weights are missing
 
     # --- losses (training.losses.LossConfig: weights, adversarial schedule, variants)
@@ -156,8 +156,8 @@ class TrainConfig:
             raise ValueError("id_arch tiny is a random test network: allow_random_weights: true and no id_weights")
         if not self.clip_model or not self.clip_pretrained:
             raise ValueError("clip_model and clip_pretrained must name the CLIP the dataset was embedded with")
-        if (self.clip_model == "auto") != (self.clip_pretrained == "auto"):
-            raise ValueError("clip_model and clip_pretrained are auto together, or both set (as given to embed)")
+        if self.clip_model == "auto" and self.clip_pretrained != "auto":
+            raise ValueError("clip_pretrained is set but clip_model is auto: set clip_model too (as given to embed)")
         if not (self.lr_g > 0 and self.lr_d > 0 and self.weight_decay >= 0 and 0 < self.lr_gamma <= 1):
             raise ValueError("need lr_g, lr_d > 0, weight_decay >= 0 and 0 < lr_gamma <= 1")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -211,10 +211,12 @@ class TrainConfig:
                 raise MissingWeights(f"{name}: {path} does not exist or is not a file")
 
     def with_dataset_clip(self) -> TrainConfig:
-        """`clip_model: auto` resolved to the CLIP that pipeline.embed recorded beside the data."""
-        if self.clip_model != "auto":
+        """`clip_pretrained: auto` resolved to the CLIP that pipeline.embed recorded beside the data (for
+        `clip_model: auto`, the one tag the datasets share); a dataset missing, uncaptioned or not embedded
+        is named."""
+        if self.clip_pretrained != "auto":
             return self
-        model, pretrained = resolve_clip([Path(d) for d in self.data])
+        model, pretrained = resolve_clip([Path(d) for d in self.data], self.clip_model)
         return dataclasses.replace(self, clip_model=model, clip_pretrained=pretrained)
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,9 +243,10 @@ class TrainConfig:
 
 def _check_fields(cls: type, values: dict[str, Any], where: str, exclude: tuple[str, ...] = ()) -> None:
     known = {f.name for f in dataclasses.fields(cls)} - set(exclude)
-    unknown = set(values) - known
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        hint = _suggest(unknown[0], sorted(known))
+        raise ValueError(f"{where}: unknown field(s) {unknown}{hint}; known: {sorted(known)}")
 
 
 def _loss_config(values: dict[str, Any]) -> LossConfig:
@@ -283,13 +286,33 @@ def _suggest(key: str, known: list[str]) -> str:
 # YAML and overrides
 
 
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """A config path as given, or else a preset of training/configs/ by name (`alphaface`, `demo.yaml`)."""
+    path = Path(path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    for candidate in (PRESETS_DIR / path.name, PRESETS_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A preset as a mapping, its `base:` chain merged in (the child wins; mappings merge key by key)."""
+    if not _seen:
+        path = resolve_preset(path)
     path = Path(path).resolve()
     if path in _seen:
         raise ValueError(f"config inheritance cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise FileNotFoundError(f"config file {path} does not exist (the presets: {', '.join(presets())})")
     data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config must be a YAML mapping")

@@ -248,7 +248,7 @@ def count_frames(path: Path) -> int:
             stream = c.streams.video[0]
             return sum(1 for p in c.demux(stream) if p.size)
     except (av.FFmpegError, OSError, IndexError) as e:
-        raise video.VideoError("unreadable_video", f"{path}: {e}") from e
+        raise video.VideoError("unreadable_video", video.why(e), path) from e
 
 
 def read_frames(path: Path, indices: list[int]) -> dict[int, Any]:
@@ -264,7 +264,7 @@ def read_frames(path: Path, indices: list[int]) -> dict[int, Any]:
                 if i >= max(wanted):
                     break
     except (av.FFmpegError, OSError) as e:
-        raise video.VideoError("unreadable_video", f"{path}: {e}") from e
+        raise video.VideoError("unreadable_video", video.why(e), path) from e
     return out
 
 
@@ -317,7 +317,7 @@ def video_crops(
     rel = ORIGINALS / f"{number}.mp4"
     path = root / rel
     if not path.is_file():
-        raise video.VideoError("missing_video", str(path))
+        raise video.VideoError("missing_video", "no such file", path)
     indices = frame_indices(count_frames(path), cfg.frames)
     canvases = read_frames(path, indices)
     out: list[tuple[int, np.ndarray, np.ndarray] | None] = []
@@ -344,7 +344,7 @@ def ffpp_units(cfg: EvalConfig, pairs: list[tuple[str, str]], size: int, faces: 
             src = video_crops(root, s, cfg, size, faces)
         except video.VideoError as e:
             skipped[e.reason] += 1
-            print(f"training.evaluate: {e.reason}: pair {name}: {e.detail}", file=sys.stderr)
+            print(f"training.evaluate: {e.reason}: pair {name}: {e.path}: {e.detail}", file=sys.stderr)
             return None
         finally:
             faces.save()
@@ -682,7 +682,6 @@ def finish(output: Path, names: list[str], skipped: Counter) -> tuple[dict[str, 
 def run(cfg: EvalConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output = Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
     device = torch.device(resolve_device(cfg.device))
     swapper = load_swapper(cfg, device)
     size = swapper.image_size
@@ -711,6 +710,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         units = list(pairs_units(cfg, pairs, size, official, skipped))
         gallery = "each source image"
     settings = settings_of(cfg, swapper, models, gallery)
+    output.mkdir(parents=True, exist_ok=True)  # only once every input is known good: no empty REPORT_DIR
     first = check_settings(output, settings)
 
     done, resumed, names = 0, 0, []

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -21,6 +22,7 @@ from training.checkpoint import (
     EMA_FILE,
     GENERATOR_FILE,
     STATE_FILE,
+    NotAGenerator,
     generator_spec,
     read_generator_spec,
     spec_config,
@@ -101,7 +103,11 @@ def resolve_generator(path: str | Path) -> tuple[Path, dict[str, Any]]:
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
     weights, spec = resolve_generator(path)
     model = Generator(spec_config(spec))
-    model.load_state_dict(_strip_module(load_file(str(weights))), strict=True)
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as e:  # a header that reads, over a file cut short
+        raise NotAGenerator(weights, e) from None
+    model.load_state_dict(_strip_module(state), strict=True)
     return model.eval().requires_grad_(False).to(device), spec
 
 

@@ -1,6 +1,6 @@
 """The swap stage: inference with a trained generator, on aligned crops or on faces in the wild.
 
-    python -m training.swap --checkpoint CKPT --source FACE_IMG --target IMG|DIR|VIDEO --output PATH \
+    python -m training.swap --checkpoint CKPT --source FACE_IMG --target IMG|DIR|VIDEO [--output PATH] \
         [--detector scrfd:PATH.onnx | landmarks:FILE.json | aligned] [--faces all|largest|N] \
         [--min-face 40] [--blend feather|mask] [--crop ffhq|arcface] [--batch-size 16] \
         [--device cpu|cuda] [--dtype fp32|bf16] [--save-landmarks FILE.json]
@@ -9,11 +9,13 @@
     targets -> detect -> align (5 points -> template at the generator's size) ──> generator (batched)
             <- paste back (inverse warp, feathered mask) <───────────────────────────── swaps
 
-With `--detector aligned` (the default) the inputs are aligned face crops as in training: they are
-resized to the generator's image size and the output is the swapped crop (a folder of targets ->
-`STEM.png` files). With a detector, any photo or video goes in and comes out at its own size:
-photo -> photo (format by suffix), folder -> the same tree (photos and videos), video -> H.264
-video with the same frames, frame rate and audio. A target with no face is written unchanged and
+With `--detector aligned` the inputs are aligned face crops as in training: they are resized to the
+generator's image size and the output is the swapped crop (a folder of targets -> `STEM.png` files).
+Without `--detector`, inputs that are all crops in the generator's framing (square, at most twice its
+side) are taken as aligned; anything else (a whole photo, a video) is refused with the detector
+options, never squashed into the generator's square. With a detector, any photo or video goes in and
+comes out at its own size: photo -> photo (format by suffix), folder -> the same tree (photos and
+videos), video -> H.264 video with the same frames, frame rate and audio. A target with no face is written unchanged and
 counted; a file or frame that cannot be read is reported and counted and the run goes on. The crop
 convention and the landmarks format are in docs/faces.md and `training.faces.detect`.
 
@@ -26,6 +28,7 @@ recorded with the generator unless `--id-weights` (and `--emap`) say otherwise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from pipeline import cli
@@ -55,12 +59,15 @@ from training.inference import (
     load_rgb,
     official_source,
     official_target,
+    resolve_generator,
     save_image,
     save_photo,
 )
 from training.models import Generator, IdentityEncoder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+DETECTOR_CHOICES = "scrfd:PATH.onnx, landmarks:FILE.json or aligned"
+CROP_SLACK = 2  # an aligned crop is square and at most this many times the generator's side
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -70,12 +77,12 @@ class SwapConfig:
     checkpoint: Path  # RUN_DIR, its final/, a checkpoint folder, or a generator .safetensors (+ .json)
     source: Path  # the face whose identity is transferred: an aligned crop, or a photo with a detector
     target: Path  # a photo, a video, or a folder of them (aligned crops with --detector aligned)
-    output: Path = Path("swap.png")  # a file for one target, a folder for a folder
+    output: Path | None = None  # a file for one target, a folder for a folder (default: swap.png, swap.mp4, swaps/)
     id_weights: Path | None = None  # identity encoder checkpoint (default: the one recorded with the generator)
     emap: Path | None = None  # InSwapper emap .npy (default: the recorded one)
     id_arch: str | None = field(default=None, metadata={"choices": ("r50", "r100")})  # default: the recorded one
     # --- faces
-    detector: str = "aligned"  # scrfd:PATH.onnx | landmarks:FILE.json | aligned (the inputs are crops)
+    detector: str | None = None  # scrfd:PATH.onnx | landmarks:FILE.json | aligned (crops; default for crops only)
     faces: str = "all"  # all | largest | N: which faces of each target to swap (largest first)
     min_face: float = 40.0  # faces whose box is shorter than this (pixels) are left alone
     blend: str = field(default="feather", metadata={"choices": BLENDS})  # feather: whole crop | mask: inner face
@@ -105,11 +112,9 @@ class SwapConfig:
             raise ValueError(f"--faces must be all, largest or a positive count, got {self.faces!r}")
         if self.min_face < 0 or not 0 < self.det_threshold <= 1:
             raise ValueError("--min-face must be >= 0 and --det-threshold in (0, 1]")
-        kind, _, arg = self.detector.partition(":")
-        if not (self.detector == "aligned" or (kind in ("scrfd", "landmarks") and arg)):
-            raise ValueError(
-                f"--detector must be scrfd:PATH.onnx, landmarks:FILE.json or aligned, got {self.detector!r}"
-            )
+        kind, _, arg = (self.detector or "aligned").partition(":")
+        if not (self.detector in (None, "aligned") or (kind in ("scrfd", "landmarks") and arg)):
+            raise ValueError(f"--detector must be {DETECTOR_CHOICES}, got {self.detector!r}")
         if not Path(self.source).is_file():
             raise FileNotFoundError(f"--source {self.source} is not a file")
         if not Path(self.target).exists():
@@ -141,6 +146,53 @@ def list_media(target: Path) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"--target {target} holds no photos or videos")
     return found
+
+
+def default_output(target: Path) -> Path:
+    if target.is_dir():
+        return Path("swaps")
+    return Path("swap.mp4") if video.is_video(target) else Path("swap.png")
+
+
+def check_output(target: Path, output: Path) -> None:
+    """Refuse an --output that cannot take what --target gives, before any model is loaded."""
+    if target.is_dir() and output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is a file, but the --target folder {target} needs a folder to write into")
+    if target.is_file() and output.is_dir():
+        raise ValueError(f"--output {output} is a folder; name the file to write for --target {target}")
+    if target.is_file() and video.is_video(target) and not video.is_video(output):
+        raise ValueError(f"--output {output} must be a video file (.mp4, .mkv, .mov) for the video {target}")
+
+
+def not_a_crop(path: Path, size: int) -> str | None:
+    """Why `path` is not an aligned crop of a `size` generator (a video, not square, far larger), or None."""
+    if video.is_video(path):
+        return "a video"
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except UNREADABLE:
+        return None  # reported as unreadable when it is swapped
+    if w != h or w > CROP_SLACK * size:
+        return f"a {w}x{h} image"
+    return None
+
+
+def choose_detector(cfg: SwapConfig, size: int) -> str:
+    """The --detector given; without one, `aligned` only when every input is a crop in the generator's
+    framing: a whole photo must never be squashed into the generator's square."""
+    if cfg.detector is not None:
+        return cfg.detector
+    target = Path(cfg.target)
+    for flag, path in [("--source", Path(cfg.source)), *(("--target", p) for p in list_media(target))]:
+        reason = not_a_crop(path, size)
+        if reason:
+            raise ValueError(
+                f"{flag} {path} is {reason}, not an aligned face crop for this {size} px generator: give a "
+                f"detector (--detector scrfd:PATH.onnx or landmarks:FILE.json), or --detector aligned to "
+                "resize it as a crop anyway"
+            )
+    return "aligned"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,8 +280,6 @@ def run_wild(
     target, output = Path(cfg.target), Path(cfg.output)
     media = list_media(target)
     many = target.is_dir()
-    if not many and video.is_video(target) and not video.is_video(output):
-        raise ValueError(f"--output {output} must be a video file (.mp4, .mkv, .mov) for the video {target}")
     photos = [p for p in media if not video.is_video(p)]
     videos = [p for p in media if video.is_video(p)]
     options = FaceOptions(size, cfg.crop, cfg.faces, cfg.min_face, cfg.blend, cfg.batch_size)
@@ -304,11 +354,16 @@ def run_wild(
 @torch.no_grad()
 def run(cfg: SwapConfig) -> dict[str, Any]:
     start = time.perf_counter()
+    # every check on the inputs first: nothing is loaded (or printed) for a run that cannot go ahead
+    target = Path(cfg.target)
+    output = Path(cfg.output) if cfg.output is not None else default_output(target)
+    check_output(target, output)
+    size = int(resolve_generator(cfg.checkpoint)[1]["image_size"])  # the file's header only
+    cfg = dataclasses.replace(cfg, output=output, detector=choose_detector(cfg, size))
+    detector = parse_detector(cfg.detector, threshold=cfg.det_threshold) if cfg.detector != "aligned" else None
     device = torch.device(resolve_device(cfg.device))
     generator, spec = load_generator(cfg.checkpoint, device)
     identity = load_identity(spec, cfg).to(device)
-    size = int(spec["image_size"])
-    detector = parse_detector(cfg.detector, threshold=cfg.det_threshold) if cfg.detector != "aligned" else None
     official = spec.get("preprocess") if detector is None else None  # converted official weights
     if official:  # eval.py's source: PIL bilinear 112, (x * 255).int() / 127.5 - 1
         z = identity.encode(official_source(Path(cfg.source), official).to(device))  # (1, 512)
@@ -344,6 +399,12 @@ def parse_args(argv: list[str] | None = None) -> SwapConfig:
         cli.fail("training.swap", str(e))
 
 
+def nothing_swapped(summary: dict[str, Any]) -> str:
+    counts = {**summary["errors"], **{k: summary.get(k, 0) for k in ("no_face", "faces_too_small")}}
+    why = ", ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no input"
+    return f"no face was swapped ({why})"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse_args(argv)
     try:
@@ -352,6 +413,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cli.fail("training.swap", str(e))
     shown = {k: v for k, v in summary.items() if k not in ("outputs", "failures")}  # failures were printed
     print(json.dumps({"swap": shown}), file=sys.stderr)
+    if not summary["faces_swapped"]:  # inputs were given, and nothing came of them
+        cli.fail("training.swap", nothing_swapped(summary))
     return summary
 
 

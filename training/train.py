@@ -314,7 +314,13 @@ def _resume_position(
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     p = OneLineParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", type=Path, default=None, help="a preset in training/configs/ or a run's config.yaml")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a config file (a run's config.yaml), or a preset of training/configs/ by name: alphaface, "
+        "alphaface-improved, alphaface-fast, demo",
+    )
     p.add_argument("--data", action="append", default=None, help="dataset directory (repeat for several)")
     p.add_argument("--output", default=None, help="RUN_DIR")
     p.add_argument("--max-steps", type=int, default=None)

@@ -22,6 +22,7 @@ from pipeline.dataset import DatasetDir
 from pipeline.engines.base import EngineInfo, Generation, Prompt
 from pipeline.prompts import ATTRIBUTES
 from pipeline.shards import read_metadata
+from pipeline.sources import SYNTHETIC_MARKER
 
 MODEL = "OpenGVLab/InternVL3-2B-hf"
 
@@ -79,10 +80,16 @@ def make_dataset(
     per_identity: int = 4,
     shard_size: int = 3,
     broken: int = 1,
+    synthetic: bool = False,
 ) -> Path:
-    """Caption synthetic faces (drawn in `layout`, default `source`) into `root/ds` with the real caption stage."""
+    """Caption synthetic faces (drawn in `layout`, default `source`) into `root/ds` with the real caption stage.
+
+    Unless `synthetic`, the drawn faces arrive as the real dataset would, without their ground-truth file,
+    so the card describes the source dataset; with it, the card is the synthetic one."""
     inp = root / "input"
     generate(inp, layout or source, identities=identities, per_identity=per_identity, seed=0, size=48)
+    if not synthetic:
+        (inp / SYNTHETIC_MARKER).unlink()
     # inputs that are not images, listed last: counted `not_an_image` failures
     folder = inp / "CelebA-HQ-img" if source == "celeba-hq" else min(p for p in inp.iterdir() if p.is_dir())
     for n in range(broken):

@@ -287,3 +287,73 @@ def test_structured_retry_once_then_failure(tmp_path, vgg_input):
     stats = ds.load_stats(0)
     assert stats["attributes"]["gaze"] == {"gaze ok": 2}
     assert stats["failed"] == {"malformed_output": 1}
+
+
+# ---- first contact: shared files, reproducible errors, engines that cannot start
+
+
+def _fixed_run(inp: Path, out: Path, source: str = "vggface2-hq") -> dict:
+    from tests.pipeline.caption_builders import CannedEngine
+
+    cfg = CaptionConfig(
+        source=source, input=inp, output=out, engine="transformers", shard_size=4, batch_size=4,
+        progress=False, workers=1,
+    )  # fmt: skip
+    return run(cfg, engine=CannedEngine([("The person looks ahead; plain background.", "stop")]))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_every_output_file_has_the_mode_the_umask_gives(tmp_path, vgg_input, umask):
+    old = os.umask(umask)
+    try:
+        _fixed_run(vgg_input, tmp_path / "ds")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "ds").rglob("*") if p.is_file()]
+    assert {p.relative_to(tmp_path / "ds").parts[0] for p in files} == {"plan.json", "shards", "stats", "errors"}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}  # not mkstemp's 0600
+
+
+def test_errors_files_are_the_same_bytes_on_every_run(tmp_path):
+    inp = tmp_path / "in" / "p1"
+    files = bad_and_odd_files(48)
+    write_files(inp, files)
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fixed_run(tmp_path / "in", a, source="folder")
+    _fixed_run(tmp_path / "in", b, source="folder")
+    errors_a = sorted((a / "errors").glob("*.jsonl"))
+    assert [p.read_bytes() for p in errors_a] == [(b / "errors" / p.name).read_bytes() for p in errors_a]
+    text = "".join(p.read_text() for p in errors_a)
+    assert '"not_an_image"' in text and " at 0x" not in text
+
+
+def _one_line_exit(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pipeline.caption: error: "), lines
+    return lines[0]
+
+
+def test_an_engine_that_cannot_start_is_one_line_and_its_plan_is_no_obstacle(tmp_path, vgg_input, model_path, capsys):
+    out = tmp_path / "ds"
+    # a hub name while offline: the model cannot be fetched
+    line = _one_line_exit(capsys, _args(vgg_input, out, "OpenGVLab/InternVL3-1B-hf"))
+    assert "--model OpenGVLab/InternVL3-1B-hf could not be loaded" in line
+    try:
+        import vllm  # noqa: F401
+    except ImportError:  # the default engine, where vLLM is not installed
+        argv = ["--source", "vggface2-hq", "--input", str(vgg_input), "--output", str(out), "--no-progress"]
+        assert "pip install -e '.[vllm]'" in _one_line_exit(capsys, argv)
+    if not torch_cuda():
+        assert "no CUDA GPU" in _one_line_exit(capsys, _args(vgg_input, out, model_path, "--device", "cuda"))
+    # the corrected command runs without --overwrite: nothing was captioned under the failed settings
+    summary = main(_args(vgg_input, out, model_path))
+    assert summary["done_now"] == 3 and summary["ok"] == 9
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -6,7 +6,9 @@ from the embeddings Parquet, not taken from the code under test.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -174,3 +176,36 @@ def test_image_release_card_is_marked_gated(vgg, tmp_path):
     assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "data/*.tar"}]
     assert "non-commercial" in meta["extra_gated_prompt"]
     assert "private or gated" in card.text and "redistributes images" in card.text
+
+
+def test_a_card_of_the_built_in_synthetic_faces_says_so_and_names_no_local_path(tmp_path, tiny_internvl):
+    from tests.pipeline.caption_builders import embed, write_tiny_clip
+
+    ds = make_dataset(tmp_path, synthetic=True)
+    embed(ds, write_tiny_clip(tmp_path / "clip"))
+    card = render_card(ds)
+    head = DatasetCard(card).data.to_dict()
+    assert head["license"] == "apache-2.0" and "synthetic" in head["tags"]
+    assert "**Synthetic data.**" in card and "No image shows a real" in card
+    assert "did not consent" not in card and "VGGFace2 over-represents" not in card
+    # a model given as a local path is named by its folder, never by this machine's path
+    shutil.copytree(ds, tmp_path / "local", ignore=shutil.ignore_patterns("README.md", "assets"))
+    for path in DatasetDir(tmp_path / "local").stats_dir.glob("*.json"):
+        stats = json.loads(path.read_text())
+        stats["engine"]["model"] = str(tiny_internvl)
+        path.write_text(json.dumps(stats))
+    card = render_card(tmp_path / "local")
+    assert str(tiny_internvl) not in card and str(tmp_path) not in card
+    assert "`internvl3-tiny (a local checkpoint)`" in card
+
+
+def test_the_dataset_folder_loads_with_datasets_as_it_stands(vgg, tmp_path):
+    import datasets
+
+    ds = copy_dataset(vgg, tmp_path / "ds")
+    main(["--dataset", str(ds)])
+    loaded = datasets.load_dataset(str(ds), split="train")
+    expected = {m["key"]: m for m in shard_metadata(ds)}
+    assert sorted(loaded["__key__"]) == sorted(expected)
+    row = loaded[0]
+    assert row["json"]["caption"] == expected[row["__key__"]]["caption"] and row["jpg"].size == (48, 48)

@@ -179,3 +179,16 @@ def test_paper_prompt_runs_through_the_stage(tmp_path, alphaface_folder):
     assert metas and {m["prompt_id"] for m in metas} == {"paper-v1"}
     # a model captions every image, with or without a caption file; only the orphan caption fails
     assert {r for s in stats for r in s["failed"]} == {"image_missing"}
+
+
+def test_no_caption_at_all_exits_2_with_a_hint(tmp_path, capsys):
+    inp = tmp_path / "256_small"
+    (inp / "img").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i * 40, 90, 120)).save(inp / "img" / f"{i:06d}.png")
+    with pytest.raises(SystemExit) as e:
+        main(_args(inp, tmp_path / "ds"))
+    assert e.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("pipeline.caption: error: nothing was captioned: all 3 inputs failed (caption_missing: 3")
+    assert "txt/" in line and "--overwrite" in line

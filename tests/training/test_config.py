@@ -294,8 +294,7 @@ def test_values_are_normalised():
         ({"id_arch": "tiny"}, "id_arch tiny is a random test network"),
         ({"id_arch": "tiny", "allow_random_weights": True, "id_weights": "w.pth"}, "id_arch tiny"),
         ({"clip_model": "", "clip_pretrained": "none"}, "must name the CLIP the dataset was embedded with"),
-        ({"clip_model": "auto", "clip_pretrained": "openai"}, "auto together"),
-        ({"clip_model": "ViT-B-32", "clip_pretrained": "auto"}, "auto together"),
+        ({"clip_model": "auto", "clip_pretrained": "openai"}, "clip_pretrained is set but clip_model is auto"),
         ({"lr_g": 0.0}, "need lr_g, lr_d > 0"),
         ({"lr_d": -1e-4}, "need lr_g, lr_d > 0"),
         ({"weight_decay": -1.0}, "weight_decay >= 0"),
@@ -374,7 +373,7 @@ def test_auto_with_several_tags_names_them(tmp_path, train_data):
 
 def test_auto_with_no_embeddings_names_the_dataset(tmp_path, train_data):
     bare = _copy(train_data, tmp_path / "bare", embeddings=False)
-    with pytest.raises(ValueError, match=rf"no CLIP tag common to the datasets \({bare}: none\)"):
+    with pytest.raises(FileNotFoundError, match=rf"{bare} has no embeddings yet: run python -m pipeline.embed"):
         TrainConfig(data=(str(bare),)).with_dataset_clip()
     with pytest.raises(ValueError, match=r"no CLIP tag common to the datasets \(\)"):
         TrainConfig().with_dataset_clip()  # no data at all
@@ -440,3 +439,37 @@ def test_check_weights_refuses_missing_weights_and_paths_that_are_not_files(tmp_
     with pytest.raises(MissingWeights, match="id_weights: .* does not exist"):
         TrainConfig(allow_random_weights=True, id_weights=str(tmp_path / "nope.pth")).check_weights()
     TrainConfig(**{**weights, "emap": None}, use_emap=False).check_weights()
+
+
+def test_data_that_is_missing_or_not_captioned_is_named_as_such(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"dataset {tmp_path / 'nope'} does not exist"):
+        TrainConfig(data=(str(tmp_path / "nope"),)).with_dataset_clip()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"not a captioned dataset \(no plan\.json\).*pipeline\.caption"):
+        TrainConfig(data=(str(photos),)).with_dataset_clip()
+
+
+def test_a_clip_model_alone_takes_its_pretrained_tag_from_the_data(tmp_path, train_data, train_clip):
+    data = _copy(train_data, tmp_path / "vgg")
+    write_clip_record(DatasetDir(data), "ViT-B-32__openai", "ViT-B-32", "openai")  # a second CLIP's record
+    cfg = load_config(None, [f"clip_model={CLIP_NAME}"], data=(str(data),))  # no clip_pretrained
+    resolved = cfg.with_dataset_clip()
+    assert resolved.clip_pretrained == "none" and clip_tag(resolved.clip_model, "none") == TAG
+    assert load_config(None, ["clip_model=ViT-B-32"], data=(str(data),)).with_dataset_clip().clip_pretrained == (
+        "openai"
+    )
+    with pytest.raises(ValueError, match=r"clip_model ViT-L-14 \(clip_pretrained auto\) found no CLIP tag"):
+        load_config(None, ["clip_model=ViT-L-14"], data=(str(data),)).with_dataset_clip()
+
+
+def test_nested_keys_get_a_suggestion_and_presets_load_by_name():
+    with pytest.raises(
+        ValueError, match=r"unknown field\(s\) \['adv_strat_step'\] \(did you mean 'adv_start_step'\?\)"
+    ):
+        load_config(None, ["loss.adv_strat_step=0"])
+    by_path = load_config(REPO / "training" / "configs" / "alphaface-fast.yaml")
+    assert load_config("alphaface-fast.yaml") == by_path == load_config("alphaface-fast")
+    with pytest.raises(FileNotFoundError, match=r"the presets: alphaface, alphaface-fast, alphaface-improved, "):
+        load_config("alphafase.yaml")

@@ -257,3 +257,16 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path, args: list[str], message:
         evaluate.main(argv)
     assert e.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_refused_run_leaves_no_report_dir(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    common = ["--checkpoint", "baseline:source", "--output", str(out), "--pose-model", "tiny", "--expr-model", "tiny"]
+    for argv in (
+        [*common, "--id-model", "tiny", "--protocol", "ffpp", "--data", str(tmp_path / "missing")],
+        [*common, "--id-model", f"cosface:{tmp_path / 'r50.pth'}", "--protocol", "ffpp", "--data", str(tmp_path)],
+    ):
+        with pytest.raises(StageFailed):
+            evaluate.main(argv)
+        assert not out.exists()
+    assert "no such file" in capsys.readouterr().err

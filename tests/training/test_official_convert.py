@@ -284,7 +284,8 @@ def test_swap_with_converted_weights_is_the_official_eval_pipeline(narrow_offici
     source, target = _png(tmp_path / "s.png", 150, 9), _png(tmp_path / "t.png", 200, 10)
     out = tmp_path / "o.png"
     summary = swap.main(["--checkpoint", str(narrow_official["dir"]), "--source", str(source), "--target",
-                         str(target), "--output", str(out), "--device", "cpu", "--no-progress"])  # fmt: skip
+                         str(target), "--output", str(out), "--detector", "aligned", "--device", "cpu",
+                         "--no-progress"])  # fmt: skip
     assert summary["swaps"] == 1 and summary["image_size"] == 256
     # eval.py: s_transform = Resize((112, 112)), ToTensor, (x*255).int()/127.5 - 1; t_transform = Resize((256, 256))
     s = torch.from_numpy(np.asarray(Image.open(source).convert("RGB").resize((112, 112), Image.BILINEAR)).copy())

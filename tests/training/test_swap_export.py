@@ -42,7 +42,8 @@ def test_swap_a_folder_in_batches_and_a_single_image(tmp_path, demo_run, faces):
     source, targets = faces
     out = tmp_path / "swaps"
     summary = swap.main(["--checkpoint", str(demo_run), "--source", str(source), "--target", str(targets),
-                         "--output", str(out), "--batch-size", "2", "--device", "cpu"])  # fmt: skip
+                         "--output", str(out), "--batch-size", "2", "--detector", "aligned",
+                         "--device", "cpu"])  # fmt: skip
     assert summary["swaps"] == 3 and summary["step"] == 5
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(f"{p.stem}.png" for p in targets.iterdir())
@@ -59,7 +60,8 @@ def test_swap_a_folder_in_batches_and_a_single_image(tmp_path, demo_run, faces):
     # one target -> one file, format by suffix; a checkpoint folder works as well as the run dir
     one = tmp_path / "one.jpg"
     swap.main(["--checkpoint", str(demo_run / "checkpoints" / "step_0000005"), "--source", str(source),
-               "--target", str(next(targets.glob("*.png"))), "--output", str(one), "--device", "cpu"])  # fmt: skip
+               "--target", str(next(targets.glob("*.png"))), "--output", str(one), "--detector", "aligned",
+               "--device", "cpu"])  # fmt: skip
     assert Image.open(one).format == "JPEG" and Image.open(one).size == (IMAGE_SIZE, IMAGE_SIZE)
 
 
@@ -72,7 +74,7 @@ def test_swap_refuses_a_missing_identity_encoder_with_the_fix(tmp_path, demo_run
     save_generator(final, load_file(str(weights)), spec)
     with pytest.raises(SystemExit, match="pass --id-weights"):
         swap.main(["--checkpoint", str(final / "generator.safetensors"), "--source", str(source),
-                   "--target", str(targets), "--output", str(tmp_path / "o")])  # fmt: skip
+                   "--target", str(targets), "--output", str(tmp_path / "o"), "--detector", "aligned"])  # fmt: skip
 
 
 def test_onnx_export_matches_torch_with_a_dynamic_batch(tmp_path, demo_run):
@@ -135,5 +137,6 @@ def test_swap_with_given_identity_weights_and_emap(tmp_path, demo_run, faces):
         assert F.cosine_similarity(z, recorded(x)).item() < 0.9  # not the run's own (random tiny) encoder
     out = tmp_path / "swap.png"
     swap.main(["--checkpoint", str(demo_run), "--source", str(source), "--target", str(next(targets.glob("*.jpg"))),
-               "--output", str(out), "--id-weights", str(weights), "--emap", str(emap), "--device", "cpu"])  # fmt: skip
+               "--output", str(out), "--id-weights", str(weights), "--emap", str(emap), "--detector", "aligned",
+               "--device", "cpu"])  # fmt: skip
     assert Image.open(out).size == (IMAGE_SIZE, IMAGE_SIZE)

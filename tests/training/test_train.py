@@ -53,8 +53,10 @@ def test_dataset_without_embeddings_names_the_fix(tmp_path, train_data, train_cl
     explicit = ["--set", f"clip_model={train_clip}", "clip_pretrained=none"]
     with pytest.raises(SystemExit, match=r"has no embeddings for CLIP train-test-clip__none .*make embed"):
         main([*demo_args([bare], tmp_path / "run", train_clip), *explicit[1:]])
-    with pytest.raises(SystemExit, match=r"clip_model: auto found no CLIP tag common to the datasets .*none"):
+    with pytest.raises(SystemExit, match=r"has no embeddings yet: run python -m pipeline\.embed --dataset"):
         main(demo_args([bare], tmp_path / "run", train_clip))
+    with pytest.raises(SystemExit, match=r"does not exist or is not a folder"):
+        main(demo_args([tmp_path / "nope"], tmp_path / "run", train_clip))
 
 
 def test_too_little_data_for_the_batch_is_refused_up_front(tmp_path, train_data, train_clip):

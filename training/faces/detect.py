@@ -230,7 +230,10 @@ class LandmarksFile:
     """Faces from a landmarks JSON file (format in the module docstring), looked up by key."""
 
     def __init__(self, path: str | Path) -> None:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"landmarks file {path} is not JSON: {e}") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a landmarks file is a JSON object mapping keys to lists of faces")
         self.path = Path(path)

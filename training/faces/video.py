@@ -48,11 +48,17 @@ OnError = Callable[[str, str], None]  # (reason, detail)
 
 
 class VideoError(Exception):
-    """A video that cannot be read at all; `reason` is the count it goes under."""
+    """A video that cannot be read at all; `reason` is the count it goes under. `detail` never repeats
+    the path: whoever reports the error names the file once."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+    def __init__(self, reason: str, detail: str, path: str | Path | None = None) -> None:
+        super().__init__(f"{reason}: {path}: {detail}" if path is not None else f"{reason}: {detail}")
+        self.reason, self.detail, self.path = reason, detail, path
+
+
+def why(error: Exception) -> str:
+    """An FFmpeg or OS error's message without the file name it carries (the report names the file)."""
+    return getattr(error, "strerror", None) or str(error)
 
 
 @dataclass(frozen=True)
@@ -89,10 +95,10 @@ def _open(path: Path) -> Any:
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as e:
-        raise VideoError("unreadable_video", f"{path}: {e}") from e
+        raise VideoError("unreadable_video", why(e), path) from e
     if not container.streams.video:
         container.close()
-        raise VideoError("unreadable_video", f"{path}: no video stream")
+        raise VideoError("unreadable_video", "no video stream", path)
     return container
 
 
@@ -156,8 +162,8 @@ class _Decoded:
     and skipped, a read error ends the file (reported as truncated).
     """
 
-    def __init__(self, src: Path, inp: Any, vin: Any, ain: Any, on_audio: Callable[[Any], None], report: OnError):
-        self.src, self.inp, self.vin, self.ain, self.on_audio, self.report = src, inp, vin, ain, on_audio, report
+    def __init__(self, inp: Any, vin: Any, ain: Any, on_audio: Callable[[Any], None], report: OnError):
+        self.inp, self.vin, self.ain, self.on_audio, self.report = inp, vin, ain, on_audio, report
         self.timing: dict[int, tuple[int | None, Any]] = {}  # frame index -> (pts, time_base)
         self.colour: dict[str, int] = {}  # the first frame's colorspace and color_range
         self.decoded = 0
@@ -172,7 +178,7 @@ class _Decoded:
                 return
             except av.FFmpegError as e:  # a read error mid-file: the file ends here
                 self.truncated = True
-                self.report("truncated_video", f"{self.src}: read error after {self.decoded} frames: {e}")
+                self.report("truncated_video", f"read error after {self.decoded} frames: {why(e)}")
                 return
             if packet.stream is self.ain:
                 if packet.dts is not None:  # the demuxer's final flush packet has none
@@ -181,13 +187,13 @@ class _Decoded:
             try:
                 frames = packet.decode()
             except av.FFmpegError as e:
-                self.report("corrupt_packet", f"{self.src}: packet at pts {packet.pts}: {e}")
+                self.report("corrupt_packet", f"packet at pts {packet.pts}: {why(e)}")
                 continue
             for f in frames:
                 try:
                     canvas = to_canvas(f)
                 except (ValueError, av.FFmpegError) as e:
-                    self.report("corrupt_frame", f"{self.src}: frame at pts {f.pts}: {e}")
+                    self.report("corrupt_frame", f"frame at pts {f.pts}: {why(e)}")
                     continue
                 self.colour = self.colour or {"colorspace": f.colorspace, "color_range": f.color_range}
                 self.timing[self.decoded] = (f.pts, f.time_base)
@@ -339,7 +345,7 @@ def transcode(
         try:
             out, vout, aout = _open_output(tmp, vin, ain, options)
             with out:
-                decoded = _Decoded(src, inp, vin, ain, lambda packet: encoder.audio(packet), report)
+                decoded = _Decoded(inp, vin, ain, lambda packet: encoder.audio(packet), report)
                 encoder = _Encoder(out, vout, aout, decoded, rate, depth)
                 frames = _Prefetch(iter(decoded), depth)
                 try:
@@ -351,15 +357,15 @@ def transcode(
                     frames.close()
                     encoder.abort()
                 if not written:
-                    raise VideoError("unreadable_video", f"{src}: no frame could be decoded")
+                    raise VideoError("unreadable_video", "no frame could be decoded", src)
             os.replace(tmp, dst)
         except av.FFmpegError as e:  # the encoder or muxer refused: this video fails, the run goes on
-            raise VideoError("encode_error", f"{src}: {e}") from e
+            raise VideoError("encode_error", why(e), src) from e
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
     if header_frames > decoded.decoded and not decoded.truncated:
-        report("truncated_video", f"{src}: decoded {decoded.decoded} of the {header_frames} frames its header lists")
+        report("truncated_video", f"decoded {decoded.decoded} of the {header_frames} frames its header lists")
     return {
         "frames_decoded": decoded.decoded,
         "frames_written": written,

@@ -245,3 +245,113 @@ def test_scrfd_detections_cached_and_replayed_give_the_same_swap(tmp_path, tiny_
     assert again["faces_swapped"] == 2
     a, b = np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
     assert np.abs(a.astype(int) - b).max() <= 1  # landmarks are cached to 1/1000 px
+
+
+# ---- first contact: what a new user does wrong gets one line and exit status 2
+
+
+def fails_with(capsys, *args: str) -> str:
+    """Run the swap CLI, expect exit status 2, and return its one stderr line."""
+    with pytest.raises(SystemExit) as e:
+        run_swap(*args)
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("training.swap: error: "), lines
+    return lines[0]
+
+
+def test_a_whole_photo_is_never_squashed_into_the_generator_square(
+    tmp_path, tiny_generator, source, capsys, monkeypatch
+):
+    src, _ = source
+    monkeypatch.chdir(tmp_path)  # where the default --output would go
+    photo = tmp_path / "photo.png"
+    Image.fromarray(background(400, 300, seed=40)).save(photo)
+    big = tmp_path / "big.png"  # square, but far larger than the 64 px crop
+    Image.fromarray(background(512, 512, seed=41)).save(big)
+    for target in (photo, big):
+        line = fails_with(capsys, "--checkpoint", str(tiny_generator), "--source", str(src), "--target", str(target))
+        assert "not an aligned face crop" in line and "--detector" in line and "scrfd:" in line
+    assert not (tmp_path / "swap.png").exists()
+    # chosen on purpose, aligned still resizes it as a crop
+    out = tmp_path / "squashed.png"
+    run_swap("--checkpoint", str(tiny_generator), "--source", str(big), "--target", str(big), "--output", str(out),
+             "--detector", "aligned")  # fmt: skip
+    assert Image.open(out).size == (GEN_SIZE, GEN_SIZE)
+
+
+def test_checkpoints_that_are_not_generators_are_named(tmp_path, tiny_generator, capsys):
+    crop = tmp_path / "crop.png"
+    Image.fromarray(smooth_face(64, seed=30)).save(crop)
+    official = tmp_path / "alphaface_demo.pt"
+    torch.save({"swapper": {"E.w": torch.zeros(2)}}, official)
+    truncated = tmp_path / "cut" / "generator.safetensors"
+    truncated.parent.mkdir()
+    truncated.write_bytes(tiny_generator.read_bytes()[:2000])
+    readme = tmp_path / "README.md"
+    readme.write_text("# a readme\n" * 50)
+    for path in (readme, official, truncated):
+        line = fails_with(capsys, "--checkpoint", str(path), "--source", str(crop), "--target", str(crop))
+        assert f"--checkpoint {path} is not a generator file" in line
+    assert "training.convert --from alphaface-official" in fails_with(
+        capsys, "--checkpoint", str(official), "--source", str(crop), "--target", str(crop)
+    )
+
+
+def test_outputs_a_folder_target_cannot_use(tmp_path, tiny_generator, monkeypatch, capsys):
+    targets = tmp_path / "crops"
+    targets.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_face(64, seed=30 + i)).save(targets / f"{i}.png")
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"not a folder")
+    line = fails_with(capsys, "--checkpoint", str(tiny_generator), "--source", str(targets / "0.png"),
+                      "--target", str(targets), "--output", str(taken))  # fmt: skip
+    assert "is a file" in line and taken.read_bytes() == b"not a folder"
+    monkeypatch.chdir(tmp_path)  # no --output: a folder of swaps, not a folder named swap.png
+    summary = run_swap(
+        "--checkpoint", str(tiny_generator), "--source", str(targets / "0.png"), "--target", str(targets)
+    )
+    assert sorted(p.name for p in (tmp_path / "swaps").iterdir()) == ["0.png", "1.png"]
+    assert summary["faces_swapped"] == 2 and not (tmp_path / "swap.png").exists()
+
+
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, tiny_generator, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    crop = tmp_path / "crop.png"
+    Image.fromarray(smooth_face(64, seed=30)).save(crop)
+    line = fails_with(capsys, "--checkpoint", str(tiny_generator), "--source", str(crop), "--target", str(crop),
+                      "--output", str(tmp_path / "o.png"), "--device", "cuda")  # fmt: skip
+    assert "no CUDA GPU" in line and "--device cpu" in line
+
+
+def test_a_landmarks_file_that_is_not_json_is_named(tmp_path, tiny_generator, source, capsys):
+    src, _ = source
+    bad = tmp_path / "faces.json"
+    bad.write_text("kps: [1, 2]\n")
+    line = fails_with(capsys, "--checkpoint", str(tiny_generator), "--source", str(src), "--target", str(src),
+                      "--output", str(tmp_path / "o.png"), "--detector", f"landmarks:{bad}")  # fmt: skip
+    assert f"landmarks file {bad} is not JSON" in line
+
+
+def test_nothing_swapped_exits_2_and_no_note_comes_before_an_argument_error(tmp_path, tiny_generator, source, capsys):
+    src, src_kps = source
+    frames, _ = face_video(6)
+    write_video(tmp_path / "whole.mp4", frames)
+    data = (tmp_path / "whole.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])  # its index was at the end: no frame can be read
+    lm = write_landmarks(tmp_path / "lm.json", {"me.png": [src_kps]})
+    with pytest.raises(SystemExit) as e:
+        run_swap("--checkpoint", str(tiny_generator), "--source", str(src), "--target", str(cut),
+                 "--output", str(tmp_path / "o.mp4"), "--detector", f"landmarks:{lm}")  # fmt: skip
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    (report,) = [line for line in err.splitlines() if line.startswith("training.swap: unreadable_video: ")]
+    assert report.count(str(cut)) == 1  # the path once, not "path: path: ..."
+    assert err.strip().splitlines()[-1].startswith("training.swap: error: no face was swapped (unreadable_video: 1")
+    # an argument error: one line, and the random-identity note is not printed before it
+    line = fails_with(capsys, "--checkpoint", str(tiny_generator), "--source", str(src), "--target", str(cut),
+                      "--output", str(tmp_path / "o.png"), "--detector", f"landmarks:{lm}")  # fmt: skip
+    assert "must be a video file" in line
