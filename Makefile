@@ -66,8 +66,8 @@ test-all: install ## run every test, slow ones included
 	$(OFFLINE) $(PY) -m pytest -q tests
 
 lint: install ## ruff check and format check
-	$(VENV)/bin/ruff check pipeline training demo tests bench
-	$(VENV)/bin/ruff format --check pipeline training demo tests bench
+	$(VENV)/bin/ruff check pipeline training swapper demo tests bench
+	$(VENV)/bin/ruff format --check pipeline training swapper demo tests bench
 
 demo: install ## the whole flow on synthetic data with tiny models, on CPU
 	$(OFFLINE) $(PY) -m demo --out $(DEMO)
@@ -96,7 +96,7 @@ publish: install ## publish DATASET to the Hub: DATASET= REPO= [ARGS=--dry-run]
 
 evaluate: install ## FF++ evaluation of a swapper: CKPT= DATA=FFPP_ROOT OUT=REPORT_DIR [ARGS="--id-model cosface:P ..."]
 	@test -n "$(CKPT)" -a -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make evaluate CKPT=RUN_DIR DATA=FFPP_ROOT OUT=REPORT_DIR ARGS='--id-model cosface:r50.pth --pose-model hopenet:hopenet.pkl --expr-model deep3d:epoch_20.pth --detector scrfd:det_10g.onnx'"; exit 2; }
-	$(PY) -m training.evaluate --protocol ffpp --data $(DATA) --checkpoint $(CKPT) --output $(OUT) $(ARGS)
+	$(PY) -m swapper.evaluate --protocol ffpp --data $(DATA) --checkpoint $(CKPT) --output $(OUT) $(ARGS)
 
 clean: ## remove demo output and caches (keeps .venv)
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@ AAC audio) is written first, with its landmarks cache. Then, in the same run:
 
 - `decode`: demux + decode + the frame as a YUV canvas, nothing else;
 - `passthrough`: decode -> encode (H.264) with no face work, the I/O floor;
-- `host`: the whole `training.faces` path with the generator replaced by the identity function:
+- `host`: the whole `swapper.faces` path with the generator replaced by the identity function:
   decode, the cache lookup, the aligned crop (YUV box -> RGB, warp), the paste (warp back, blend
   in YUV), encode, audio copied;
 - `generator`: the generator alone at batch 16 (host -> device, forward, device -> host), in
@@ -42,10 +42,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from training.faces import video  # noqa: E402
-from training.faces.align import apply, template, warp  # noqa: E402
-from training.faces.detect import Face, LandmarksFile, frame_key, save_landmarks  # noqa: E402
-from training.faces.swapper import FaceOptions, FaceSwapper, Item  # noqa: E402
+from swapper.faces import video  # noqa: E402
+from swapper.faces.align import apply, template, warp  # noqa: E402
+from swapper.faces.detect import Face, LandmarksFile, frame_key, save_landmarks  # noqa: E402
+from swapper.faces.swapper import FaceOptions, FaceSwapper, Item  # noqa: E402
 from training.models import build_generator  # noqa: E402
 
 W, H, FPS, SIZE, BATCH = 1920, 1080, 30, 256, 16
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         def swap_fn(x: torch.Tensor) -> torch.Tensor:
             return g(x, z.expand(len(x), -1))
 
-        from training.faces.swapper import to_images, to_tensor
+        from swapper.faces.swapper import to_images, to_tensor
 
         to_images(swap_fn(to_tensor(crops, device)))  # warm-up
         reps = 2 if device.type == "cpu" else 20

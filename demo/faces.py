@@ -1,7 +1,7 @@
 """A pasted-back picture for `make demo`: faces placed into a scene with known landmarks, then swapped.
 
     aligned crops --known similarity--> a scene (+ the landmarks JSON they imply)
-    scene --python -m training.swap --detector landmarks:--> the swap pasted back into the scene
+    scene --python -m swapper.swap --detector landmarks:--> the swap pasted back into the scene
     [scene | swapped] --> DIR/faces_in_the_wild.png
 
 The crops are treated as FFHQ-framed (the `ffhq` crop convention), so their 5 landmarks are the
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from training.faces.align import apply, template, warp
+from swapper.faces.align import apply, template, warp
 
 # (scale, degrees, (x, y)) per face: crop -> scene, for crops scaled to CROP px
 PLACEMENTS = ((1.35, 14.0, (150.0, 60.0)), (0.8, -22.0, (470.0, 190.0)))
@@ -82,7 +82,7 @@ def pasted_back_demo(
     source goes into a scene of its own, so it too is found through the landmarks file. `mask`
     blending changes only the inner face, so the picture shows what moved.
     """
-    from training import swap
+    from swapper import swap
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,8 @@ def run(out: Path, identities: int = 4, per_identity: int = 4, size: int = 256) 
     card.main(["--dataset", str(dataset)])
     summary["card"] = str(dataset / "README.md")
     # the demo is the one place that drives both stages (pipeline never imports training)
-    from training import swap, train
+    from swapper import swap
+    from training import train
 
     run_dir = out / "run"
     _step("train (demo.yaml: tiny networks, random frozen weights, a few CPU steps)")

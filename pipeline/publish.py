@@ -36,8 +36,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.card import dataset_facts, embedding_tags, render_card, section
 from pipeline.cli import parse_config, stage_main
-from pipeline.datacard import dataset_facts, embedding_tags, render_card, section
 from pipeline.dataset import DatasetDir, atomic_write_bytes, dumps_json
 from pipeline.embeddings import EmbeddingsInvalid, read_embeddings
 from pipeline.hub import (

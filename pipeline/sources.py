@@ -23,7 +23,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 # CelebAMask-HQ classes in label-map order (the face-parsing convention, and CelebAMask-HQ's own
 # g_mask.py): a stored label-map pixel i means CELEBA_LABELS[i]; where parts overlap, the later wins.
-# training/losses.py keeps the same tuple (pipeline never imports training); a test checks they agree.
+# training.batch takes its mask regions from this tuple (pipeline never imports training).
 CELEBA_LABELS = (
     "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
     "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",

@@ -1,9 +1,7 @@
-"""Run-directory formats: resumable checkpoints and the exported generator.
+"""Resumable training checkpoints (the generator file that later stages read is training.artifact's).
 
     RUN_DIR/checkpoints/step_NNNNNNN/   accelerator.save_state (G, D, optimisers, schedulers, RNG per rank)
                                         + ema.safetensors + trainer_state.json (step, data position per rank)
-    RUN_DIR/final/generator.safetensors the generator to use (EMA weights when EMA is on)
-    RUN_DIR/final/generator.json        how to rebuild it: preset, GeneratorConfig, image size, identity encoder
 
 A checkpoint is written under `.step_NNNNNNN.tmp` and renamed when every rank has finished, so a
 process killed while writing leaves only a temporary folder, which resume ignores and removes.
@@ -12,7 +10,6 @@ process killed while writing leaves only a temporary folder, which resume ignore
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -20,22 +17,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
+from accelerate.utils import gather_object
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
-from torch import Tensor
+from torch import nn
 
 from pipeline.dataset import atomic_write_bytes, atomic_write_json
+from training.artifact import CHECKPOINT_EMA as EMA_FILE
+from training.artifact import CHECKPOINT_STATE as STATE_FILE
 from training.config import TrainConfig
+from training.data import Position
 from training.ema import EMA
-from training.models import GeneratorConfig
+from training.guards import check_replicas
+from training.run_log import Every
 
 CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
-EMA_FILE = "ema.safetensors"
-GENERATOR_FILE = "generator.safetensors"
-GENERATOR_FORMAT = "alphaface-generator/1"
-SPEC_KEY = "alphaface_spec"  # the generator spec, as JSON, in the safetensors header
 _NAME = re.compile(r"step_(\d{7,})")
 
 
@@ -120,80 +116,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# ---------------------------------------------------------------------------------------------
-# The exported generator
+class Checkpointer:
+    """The loop's checkpoint job: `maybe_save` writes one when its cadence says so (every rank calls it:
+    the data positions and replica checksums are gathered from all of them). `last` is the newest
+    complete checkpoint, the one an error message can point to."""
 
+    def __init__(self, accelerator: Any, cfg: TrainConfig, run_dir: Path, ema: EMA | None, last: Path | None) -> None:
+        self.accelerator, self.cfg, self.run_dir, self.ema, self.last = accelerator, cfg, run_dir, ema, last
+        self.every = Every(cfg.checkpoint_every, cfg.max_steps)
 
-def identity_record(cfg: TrainConfig) -> dict[str, Any]:
-    """How swap rebuilds a run's identity encoder (absolute paths: swap runs from anywhere)."""
-    return {
-        "arch": cfg.id_arch,
-        "weights": str(Path(cfg.id_weights).resolve()) if cfg.id_weights else None,
-        "emap": str(Path(cfg.emap).resolve()) if cfg.emap and cfg.use_emap else None,
-        "use_emap": cfg.use_emap,
-        "random": not cfg.id_weights,  # allow_random_weights runs: swap rebuilds the same seeded network
-        "seed": cfg.seed,
-    }
+    def maybe_save(self, step: int, position: Position, G: nn.Module, D: nn.Module) -> None:
+        if not self.every.due(step):
+            return
+        cfg, world = self.cfg, self.accelerator.num_processes
+        state = {
+            "step": step,
+            "positions": gather_object([{"epoch": position.epoch, "batches": position.batches}]),  # per rank
+            "replicas": check_replicas(G, D, step),  # per rank: weight checksums, all equal
+            "world_size": world,
+            "num_workers": cfg.num_workers,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+        }
+        self.last = save_checkpoint(self.accelerator, self.run_dir, step, state, self.ema, cfg.keep_checkpoints)
 
-
-def generator_spec(cfg: TrainConfig, config: GeneratorConfig, step: int, ema: bool) -> dict[str, Any]:
-    """What swap and export need to rebuild and feed a run's generator."""
-    return {
-        "format": GENERATOR_FORMAT,
-        "preset": cfg.generator,
-        "generator_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
-        "image_size": cfg.image_size,  # the side its inputs are resized to
-        "step": step,
-        "ema": ema,  # EMA weights (ema_decay > 0) or the raw generator's
-        "identity": identity_record(cfg),
-        "clip": {"model": cfg.clip_model, "pretrained": cfg.clip_pretrained},
-    }
-
-
-def save_generator(folder: Path, state: dict[str, Tensor], spec: dict[str, Any]) -> Path:
-    """The weights and their spec as one file, written atomically: the spec is in the safetensors header,
-    so no crash can pair new weights with an old spec. `generator.json` beside it is a readable copy."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / GENERATOR_FILE
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-    metadata = {"format": GENERATOR_FORMAT, SPEC_KEY: json.dumps(spec, sort_keys=True)}
-    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
-    atomic_write_json(path.with_suffix(".json"), spec)
-    return path
-
-
-class NotAGenerator(ValueError):
-    """A --checkpoint file that is not a generator safetensors file (another format, or damaged)."""
-
-    def __init__(self, path: Path, error: Exception) -> None:
-        hint = ""
-        if Path(path).suffix.lower() in (".pt", ".pth", ".ckpt", ".bin"):
-            hint = (
-                "; an official AlphaFace checkpoint (.pt) must be converted first: "
-                "python -m training.convert --from alphaface-official --checkpoint FILE.pt --output DIR"
-            )
-        super().__init__(
-            f"--checkpoint {path} is not a generator file (the .safetensors that training.train or "
-            f"training.convert writes): {error}{hint}"
+    def resume_position(self, state: dict[str, Any]) -> Position:
+        """This rank's data position in a checkpoint; a new epoch when the read order cannot carry over."""
+        cfg, accelerator = self.cfg, self.accelerator
+        same = (state["world_size"], state["num_workers"], state["batch_size"], state["seed"]) == (
+            accelerator.num_processes,
+            cfg.num_workers,
+            cfg.batch_size,
+            cfg.seed,
         )
-
-
-def read_generator_spec(path: Path) -> dict[str, Any]:
-    """The spec of a generator file: the one inside it; for files written before that, the `.json` beside."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            embedded = (f.metadata() or {}).get(SPEC_KEY)
-    except SafetensorError as e:
-        raise NotAGenerator(path, e) from None
-    if embedded is not None:
-        return json.loads(embedded)
-    spec_path = Path(path).with_suffix(".json")
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{path} holds no spec and has no {spec_path.name} beside it")
-    return json.loads(spec_path.read_text(encoding="utf-8"))
-
-
-def spec_config(spec: dict[str, Any]) -> GeneratorConfig:
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["generator_config"].items()}
-    return GeneratorConfig(**values)
+        if same:
+            p = state["positions"][accelerator.process_index]
+            return Position(p["epoch"], p["batches"])
+        # The read order depends on these settings, so the exact position cannot carry over.
+        epoch = max(p["epoch"] for p in state["positions"]) + 1
+        accelerator.print(
+            f"warning: world size, workers, batch size or seed differ from the checkpoint's; the data restarts at "
+            f"epoch {epoch} (models and optimisers resume exactly, the data order does not)"
+        )
+        return Position(epoch, 0)

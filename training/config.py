@@ -21,14 +21,18 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
 from pipeline.embeddings import resolve_clip
-from training.losses import LossConfig
 from training.models import GENERATOR_PRESETS, DiscriminatorConfig, GeneratorConfig
+from training.models.weights import MissingWeights
 
+AdvLoss = Literal["lsgan", "hinge"]  # the adversarial loss: LSGAN (MSE, official) or hinge
+RecMode = Literal["forward", "self_pairs"]  # reconstruction: an extra G(x_t, E_id(x_t)) pass, or self pairs
+Reduction = Literal["mean", "official"]  # one mean over all rows, or the official per-direction sums
+MaskRegion = Literal["inner_face", "face_hair"]  # what a label-map mask lets the swap repaint (training.batch)
 PAIR_KINDS = ("random", "same_identity", "self")
 PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb")
@@ -61,8 +65,45 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: plain data only, no Python objects
 
 
-class MissingWeights(FileNotFoundError):
-    """A frozen network (identity encoder, VGG16, CLIP) has no real weights and random ones were not allowed."""
+@dataclass(frozen=True)
+class LossConfig:
+    """Every default is the official code's (alphaface.yaml); alphaface-improved.yaml fixes the defects."""
+
+    # Weights (official defaults)
+    id_weight: float = 10.0  # 1 - cos of ArcFace embeddings
+    rec_weight: float = 0.5  # self-reconstruction L1
+    perceptual_weight: float = 0.5  # VGG16 feature L1 to the target
+    cycle_weight: float = 0.5  # swap there and back
+    mask_weight: float = 0.5  # L1 outside the mask region (`mask_region`) the swap may repaint
+    clip_id_weight: float = 1.0  # 1 - cos of CLIP image embeddings (swap, source)
+    clip_text_weight: float = 1.0  # gated caption consistency
+    adv_weight: float = 1.0  # generator adversarial loss
+    # Schedules and variants
+    adv_start_step: int = 200_001  # first (0-based) step of the adversarial phase; official: global_step > 200000
+    train_d_before_adv: bool = False  # also train D (and step its schedule) before adv_start_step; official: no
+    adv_loss: AdvLoss = "lsgan"  # "lsgan" (MSE, official) or "hinge"
+    rec_mode: RecMode = "forward"  # "forward": extra pass G(x_t, E_id(x_t)); "self_pairs": rows flagged is_self
+    clip_text_factorised: bool = False  # per-attribute gates when the batch has attribute embeddings
+    # Official-code reproduction switches
+    reduction: Reduction = "official"  # "official" (directions added, clip_text summed) or "mean" over all rows
+    clip_x255: bool = True  # the official CLIP input defect (x255 before normalising); only alphaface.yaml keeps it
+    mask_region: MaskRegion = "inner_face"  # region of a label-map mask the swap may repaint (training.batch)
+
+    def __post_init__(self) -> None:
+        weights = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.endswith("_weight")}
+        negative = [k for k, v in weights.items() if v < 0]
+        if negative:
+            raise ValueError(f"loss weights must be >= 0: {negative}")
+        if self.adv_start_step < 0:
+            raise ValueError("adv_start_step must be >= 0")
+        for name, kind in (
+            ("adv_loss", AdvLoss),
+            ("rec_mode", RecMode),
+            ("reduction", Reduction),
+            ("mask_region", MaskRegion),
+        ):
+            if getattr(self, name) not in get_args(kind):
+                raise ValueError(f"{name} must be one of {get_args(kind)}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -90,7 +131,7 @@ class TrainConfig:
     generator: str = "alphaface"  # preset: alphaface (official) | alphaface-fast | tiny
     generator_overrides: dict[str, Any] = field(default_factory=dict)  # GeneratorConfig fields, e.g. caii_mode
     discriminator: dict[str, Any] = field(default_factory=dict)  # DiscriminatorConfig fields (image_size is ours)
-    init_from: str | None = None  # generator folder (a run's final/, training.convert's DIR) to start G from
+    init_from: str | None = None  # generator folder (a run's final/, swapper.convert's DIR) to start G from
 
     # --- frozen networks and their weights (real training needs all of them)
     id_arch: str = "r50"  # ArcFace IResNet: r50 (official, w600k) | r100 | tiny (random only)
@@ -103,7 +144,7 @@ class TrainConfig:
     clip_pretrained: str = "auto"  # auto: the one recorded beside the data for clip_model; or embed's --pretrained
     allow_random_weights: bool = False  # demo/tests only: random frozen networks where weights are missing
 
-    # --- losses (training.losses.LossConfig: weights, adversarial schedule, variants)
+    # --- losses (LossConfig above: weights, adversarial schedule, variants)
     loss: LossConfig = field(default_factory=LossConfig)
 
     # --- optimisation (official: AdamW 1e-4, betas (0, 0.99), wd 5e-4, StepLR x0.97 / 20k, clip 1.0)
@@ -292,7 +333,7 @@ PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 def resolve_preset(path: str | Path) -> Path:
     """A config path as given, or else a preset of training/configs/ by name (`alphaface`, `demo.yaml`)."""
     path = Path(path)
-    if path.exists() or path.parent != Path("."):
+    if path.is_file() or path.parent != Path("."):
         return path
     for candidate in (PRESETS_DIR / path.name, PRESETS_DIR / f"{path.name}.yaml"):
         if candidate.is_file():

@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.reader import FaceReader, ReaderConfig
+from training.batch import SwapBatch, region_mask
 from training.config import PAIR_KINDS, TrainConfig
-from training.losses import SwapBatch, region_mask
 
 # A flipped image no longer matches a caption that says left or right (head turned left, light from
 # the right): such rows get an all-zero caption embedding, which the gated CLIP text loss skips.

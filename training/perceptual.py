@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from training.models.iresnet import load_state_dict_file
+from training.models.weights import MissingWeights, load_state_dict_file
 
 VGG_LAYERS: tuple[int, ...] = (3, 8, 15, 22)  # indices into vgg16().features: relu1_2 ... relu4_3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,7 +55,7 @@ class VGGPerceptual(nn.Module):
     ) -> None:
         super().__init__()
         if weights is None and not allow_random:
-            raise ValueError("VGGPerceptual needs a weights file; pass allow_random=True only for tests/demos")
+            raise MissingWeights("VGGPerceptual needs a weights file; pass allow_random=True only for tests/demos")
         self.layers = tuple(sorted(layers))
         self.input_size = input_size
         with torch.device("meta"):  # skip initialising the 120M-parameter classifier we drop

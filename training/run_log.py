@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from PIL import Image
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
@@ -23,6 +26,17 @@ from pipeline.dataset import atomic_open, atomic_write_bytes
 from training.config import TrainConfig, load_config
 from training.ema import EMA
 from training.models import IdentityEncoder
+
+
+@dataclass(frozen=True)
+class Every:
+    """A periodic job's cadence: every `period` steps, and at the last step whatever the period."""
+
+    period: int
+    last: int
+
+    def due(self, step: int) -> bool:
+        return step % self.period == 0 or step == self.last
 
 
 class Meter:
@@ -147,3 +161,60 @@ def write_samples(
 
 # ---------------------------------------------------------------------------------------------
 # CLI
+
+
+# ---------------------------------------------------------------------------------------------
+# The periodic jobs the loop calls every step; each decides from its own cadence whether to act
+
+
+class MetricLog:
+    """Metric lines: means over every rank since the last line, with speed, learning rates and the data
+    epoch, to TensorBoard, stats.jsonl and the progress bar. `maybe_log` is a collective on every rank."""
+
+    def __init__(self, accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, bar: Any, schedulers: dict) -> None:
+        self.accelerator, self.bar, self.schedulers = accelerator, bar, schedulers
+        self.every = Every(cfg.log_every, cfg.max_steps)
+        self.path = run_dir / "stats.jsonl"
+        self.samples_per_step = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
+        self.meter = Meter()
+        self.start, self.steps = time.perf_counter(), 0
+
+    def add(self, values: dict[str, torch.Tensor | float]) -> None:
+        self.meter.add(values)
+
+    def maybe_log(self, step: int, epoch: int) -> None:
+        self.steps += 1
+        if not self.every.due(step):
+            return
+        elapsed = time.perf_counter() - self.start
+        self.meter.add({f"LR/{name}": s.get_last_lr()[0] for name, s in self.schedulers.items()})
+        metrics = merge_meters(gather_object([self.meter.pop()]))
+        metrics["Speed/samples_per_s"] = self.samples_per_step * self.steps / elapsed
+        metrics["Speed/step_s"] = elapsed / self.steps
+        metrics["Data/epoch"] = epoch
+        self.start, self.steps = time.perf_counter(), 0
+        if self.accelerator.is_main_process:
+            self.accelerator.log(metrics, step=step)
+            append_jsonl(self.path, {"step": step, "time": round(time.time(), 3), **metrics})
+            self.bar.set_postfix(samples_s=f"{metrics['Speed/samples_per_s']:.1f}", G=f"{metrics['Loss/G/total']:.3f}")
+
+
+class SampleWriter:
+    """Sample grids on the run's fixed pairs (main process): the first batch's pairs, kept for resume."""
+
+    def __init__(
+        self, accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, G: torch.nn.Module, ema: EMA | None, identity
+    ) -> None:
+        self.accelerator, self.run_dir, self.G, self.ema, self.identity = accelerator, run_dir, G, ema, identity
+        self.every = Every(cfg.sample_every, cfg.max_steps)
+        self.num_samples = cfg.num_samples
+        self.fixed = fixed_pairs(run_dir) if accelerator.is_main_process else None
+
+    def keep_pairs(self, source: torch.Tensor, target: torch.Tensor) -> None:
+        """The first batch's pairs become the run's fixed pairs (once, main process)."""
+        if self.accelerator.is_main_process and self.fixed is None and self.num_samples:
+            self.fixed = save_fixed_pairs(self.run_dir, source, target, self.num_samples)
+
+    def maybe_write(self, step: int) -> None:
+        if self.fixed is not None and self.every.due(step):
+            write_samples(self.accelerator, self.run_dir, step, self.fixed, self.G, self.ema, self.identity)

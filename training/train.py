@@ -23,44 +23,32 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import set_seed
+from torch import nn
 from tqdm import tqdm
 
 from pipeline.cli import OneLineParser, fail
 from pipeline.embeddings import EmbeddingsInvalid
 from pipeline.reader import FaceReader, MissingEmbeddings
-from training.checkpoint import (
-    generator_spec,
-    load_checkpoint,
-    newest_checkpoint,
-    remove_temporaries,
-    save_checkpoint,
-    save_generator,
-)
-from training.config import MissingWeights, TrainConfig, load_config
+from training.artifact import generator_spec, load_generator, save_generator
+from training.checkpoint import Checkpointer, load_checkpoint, newest_checkpoint, remove_temporaries
+from training.config import TrainConfig, load_config
 from training.data import BatchStream, Position, draw_pairing, make_swap_batch, reader_config, step_rng
 from training.ema import EMA
 from training.frozen import build_frozen
-from training.guards import NonFiniteLoss, check_enough_data, check_finite, check_grad, check_replicas
+from training.guards import NonFiniteLoss, check_enough_data, check_finite, check_grad
 from training.losses import AlphaFaceLoss
 from training.models import build_discriminator, build_generator
-from training.run_log import (
-    Meter,
-    append_jsonl,
-    fixed_pairs,
-    hparams,
-    merge_meters,
-    save_fixed_pairs,
-    truncate_stats,
-    write_config,
-    write_samples,
-)
+from training.models.weights import MissingWeights
+from training.run_log import MetricLog, SampleWriter, hparams, truncate_stats, write_config
 
 
 def _release_accelerate_state() -> None:
@@ -71,8 +59,34 @@ def _release_accelerate_state() -> None:
         GradientState._reset_state()
 
 
+@dataclass
+class Phase:
+    """One phase of a micro-step (stylegan3's records): its view of the loss, the network it trains, the
+    optimiser and schedule, and whether it runs at a step (officially D only from loss.adv_start_step)."""
+
+    name: str  # "G" | "D", as the loss calls its phases
+    loss: AlphaFaceLoss
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    runs_at: Callable[[int], bool]
+
+
+@dataclass
+class Built:
+    """What the loop trains and uses, after accelerator.prepare."""
+
+    G: nn.Module  # wrapped (DDP) where there are several processes
+    G_raw: nn.Module
+    D_raw: nn.Module
+    ema: EMA | None
+    identity: nn.Module
+    phases: list[Phase]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+
+
 # ---------------------------------------------------------------------------------------------
-# The loop
+# The run
 
 
 def run(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -101,30 +115,76 @@ def run(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
 def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bool) -> dict[str, Any]:
     main = accelerator.is_main_process
-    rank, world = accelerator.process_index, accelerator.num_processes
-    device = accelerator.device
-    if device.type == "cuda":
+    if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-    # --- the run directory: refuse to clobber, or find where to resume
-    start_ckpt = newest_checkpoint(run_dir) if resume else None
-    if not resume and newest_checkpoint(run_dir) is not None:
-        raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue it, or a new --output")
+    start_ckpt = _prepare_run_dir(cfg, accelerator, run_dir, resume)
+    # data first: a dataset without embeddings fails here, before any model is built
+    reader = FaceReader(reader_config(cfg, accelerator.process_index, accelerator.num_processes))
+    check_enough_data(reader, cfg, accelerator.num_processes)
+    built = _build(cfg, accelerator, start_ckpt)
+    checkpointer = Checkpointer(accelerator, cfg, run_dir, built.ema, start_ckpt)
+    step, position = _resume(cfg, accelerator, run_dir, resume, start_ckpt, checkpointer)
     if main:
+        truncate_stats(run_dir / "stats.jsonl", step)
+    accelerator.init_trackers("tensorboard", config=hparams(cfg))
+
+    stream = BatchStream(reader, cfg.num_workers, position)
+    bar = tqdm(total=cfg.max_steps, initial=step, unit="step", disable=not (main and cfg.progress), dynamic_ncols=True)
+    log = MetricLog(accelerator, cfg, run_dir, bar, built.schedulers)
+    samples = SampleWriter(accelerator, cfg, run_dir, built.G_raw, built.ema, built.identity)
+    step_times: list[float] = []
+    for phase in built.phases:
+        phase.net.train()
+    try:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            for micro in range(cfg.grad_accum_steps):
+                batch = _next_batch(cfg, accelerator, stream, step, micro, samples, log)
+                with accelerator.accumulate(*(phase.net for phase in built.phases)):  # syncs on the last micro-step
+                    _micro_step(cfg, accelerator, built, batch, step, checkpointer.last, log)
+            for phase in built.phases:
+                if phase.runs_at(step):
+                    phase.sched.step()  # D's schedule, like D, only counts its own steps (official)
+            step += 1
+            if built.ema is not None:
+                built.ema.update(built.G_raw, step)
+            step_times.append(time.perf_counter() - t0)
+            bar.update(1)
+            # periodic jobs, each on its own cadence (collectives on every rank, writes on main)
+            log.maybe_log(step, stream.position.epoch)
+            if main:
+                samples.maybe_write(step)
+            checkpointer.maybe_save(step, stream.position, built.G_raw, built.D_raw)
+    finally:
+        bar.close()
+        stream.close()
+    return _finish(cfg, accelerator, run_dir, built, step, start_ckpt, checkpointer.last, step_times)
+
+
+# ---------------------------------------------------------------------------------------------
+# Build, resume, one micro-step, finish
+
+
+def _prepare_run_dir(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bool) -> Path | None:
+    """Refuse to clobber a run, clear what a killed writer left, write the config; the checkpoint to resume."""
+    newest = newest_checkpoint(run_dir)
+    if not resume and newest is not None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue it, or a new --output")
+    start_ckpt = newest if resume else None
+    if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         stale = remove_temporaries(run_dir)
         if stale:
             accelerator.print(f"removed {len(stale)} unfinished checkpoint folder(s): {[p.name for p in stale]}")
         write_config(cfg, run_dir, start_ckpt)
     accelerator.wait_for_everyone()
+    return start_ckpt
 
-    # --- data first: a dataset without embeddings fails here, before any model is built
-    reader = FaceReader(reader_config(cfg, rank, world))
-    check_enough_data(reader, cfg, world)
 
-    # --- models, optimisers, schedules (same seed on every rank)
+def _build(cfg: TrainConfig, accelerator: Accelerator, start_ckpt: Path | None) -> Built:
+    """Models, optimisers and schedules (the same seed on every rank), prepared, and the phases over them."""
     set_seed(cfg.seed)
     G = build_generator(cfg.generator, **cfg.generator_overrides)
     if cfg.image_size % G.config.stride:
@@ -139,147 +199,122 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
     sched_d = torch.optim.lr_scheduler.StepLR(opt_d, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     G, D, opt_g, opt_d, sched_g, sched_d = accelerator.prepare(G, D, opt_g, opt_d, sched_g, sched_d)
     G_raw, D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
-    ema = EMA(G_raw, cfg.ema_decay).to(device) if cfg.ema_decay > 0 else None
+    ema = EMA(G_raw, cfg.ema_decay).to(accelerator.device) if cfg.ema_decay > 0 else None
     # Two views of one loss: the G phase calls the bare D (no DDP hooks; its parameters are frozen
     # for that phase), the D phase the DDP-wrapped one, whose gradients are averaged over ranks.
-    loss_g = AlphaFaceLoss(cfg.loss, G, identity, D_raw, clip, vgg).to(device)
+    loss_g = AlphaFaceLoss(cfg.loss, G, identity, D_raw, clip, vgg).to(accelerator.device)
     loss_d = AlphaFaceLoss(cfg.loss, G, identity, D, clip, vgg)
-    # The phases, in order, with their own network and optimiser (stylegan3's loop over phases);
-    # D runs (and its StepLR counts) only on steps where loss_g.d_active: officially from
-    # loss.adv_start_step on, so the adversarial phase starts against a fresh D at its initial lr.
-    phases = [("G", loss_g, G, opt_g)] + ([("D", loss_d, D, opt_d)] if cfg.loss.adv_weight else [])
+    phases = [Phase("G", loss_g, G, opt_g, sched_g, lambda step: True)]
+    if cfg.loss.adv_weight:  # D runs (and its StepLR counts) only where the loss says D is active
+        phases.append(Phase("D", loss_d, D, opt_d, sched_d, loss_g.d_active))
+    return Built(G, G_raw, D_raw, ema, identity, phases, {"G": sched_g, "D": sched_d})
 
-    # --- resume: models, optimisers, schedulers, RNG (accelerate), EMA and data position (ours)
-    step, position = 0, Position(0, 0)
-    if start_ckpt is not None:
-        state = load_checkpoint(accelerator, start_ckpt, ema)
-        step, position = state["step"], _resume_position(state, cfg, rank, world, accelerator)
-        accelerator.print(f"resumed from {start_ckpt} (step {step})")
-    elif resume:
-        accelerator.print(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
-    last_ckpt: Path | None = start_ckpt
-    stats_path = run_dir / "stats.jsonl"
-    if main:
-        truncate_stats(stats_path, step)
-    accelerator.init_trackers("tensorboard", config=hparams(cfg))
 
-    stream = BatchStream(reader, cfg.num_workers, position)
-    fixed = fixed_pairs(run_dir) if main else None
-    meter = Meter()
-    samples_per_step = cfg.batch_size * cfg.grad_accum_steps * world
-    bar = tqdm(total=cfg.max_steps, initial=step, unit="step", disable=not (main and cfg.progress), dynamic_ncols=True)
-    step_times: list[float] = []
-    log_start, log_steps = time.perf_counter(), 0
-    G.train()
-    D.train()
-    try:
-        while step < cfg.max_steps:
-            t0 = time.perf_counter()
-            for micro in range(cfg.grad_accum_steps):
-                raw = next(stream)
-                pairing = draw_pairing(raw, cfg, step_rng(cfg.seed, rank, step, micro))
-                batch = make_swap_batch(raw, cfg, pairing, device)
-                if main and fixed is None and cfg.num_samples:
-                    fixed = save_fixed_pairs(run_dir, batch.source, batch.target, cfg.num_samples)
-                if cfg.both_directions:
-                    batch = batch.both_directions()
-                meter.add(
-                    {
-                        "Data/same_identity": pairing.same_identity,
-                        "Data/pair_fallback": pairing.kinds.count("fallback") / len(pairing.kinds),
-                    }
-                )
-                with accelerator.accumulate(G, D):  # DDP syncs and the optimisers step on the last micro-step
-                    fake = None
-                    for phase, loss, net, opt in phases:
-                        if phase == "D" and not loss_g.d_active(step):
-                            continue  # D untouched before the adversarial phase (official)
-                        D_raw.requires_grad_(phase == "D")  # the G phase's adversarial term must not train D
-                        with accelerator.autocast():
-                            out = loss(phase, batch, step, fake=fake)
-                        check_finite(accelerator, out, step, last_ckpt)
-                        accelerator.backward(out.total)
-                        if accelerator.sync_gradients and cfg.grad_clip:
-                            norm = accelerator.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                            check_grad(norm, phase, step, cfg, last_ckpt)
-                            meter.add({f"Grad/{phase}_norm": norm})
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                        meter.add(out.terms)
-                        fake = out.swap  # the D phase judges the G phase's (detached) swaps
-            sched_g.step()
-            if loss_g.d_active(step):
-                sched_d.step()
-            step += 1
-            if ema is not None:
-                ema.update(G_raw, step)
-            step_times.append(time.perf_counter() - t0)
-            log_steps += 1
-            bar.update(1)
+def _resume(
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    run_dir: Path,
+    resume: bool,
+    start_ckpt: Path | None,
+    checkpointer: Checkpointer,
+) -> tuple[int, Position]:
+    """Models, optimisers, schedulers, RNG (accelerate), EMA and the data position (ours)."""
+    if start_ckpt is None:
+        if resume:
+            accelerator.print(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
+        return 0, Position(0, 0)
+    state = load_checkpoint(accelerator, start_ckpt, checkpointer.ema)
+    accelerator.print(f"resumed from {start_ckpt} (step {state['step']})")
+    return state["step"], checkpointer.resume_position(state)
 
-            # --- side effects: logs, samples, checkpoints (collectives on every rank, writes on main)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                elapsed = time.perf_counter() - log_start
-                meter.add({"LR/G": sched_g.get_last_lr()[0], "LR/D": sched_d.get_last_lr()[0]})
-                metrics = merge_meters(gather_object([meter.pop()]))
-                metrics["Speed/samples_per_s"] = samples_per_step * log_steps / elapsed
-                metrics["Speed/step_s"] = elapsed / log_steps
-                metrics["Data/epoch"] = stream.position.epoch
-                log_start, log_steps = time.perf_counter(), 0
-                if main:
-                    accelerator.log(metrics, step=step)
-                    append_jsonl(stats_path, {"step": step, "time": round(time.time(), 3), **metrics})
-                    bar.set_postfix(
-                        samples_s=f"{metrics['Speed/samples_per_s']:.1f}", G=f"{metrics['Loss/G/total']:.3f}"
-                    )
-            if main and fixed is not None and (step % cfg.sample_every == 0 or step == cfg.max_steps):
-                write_samples(accelerator, run_dir, step, fixed, G_raw, ema, identity)
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                positions = gather_object([{"epoch": stream.position.epoch, "batches": stream.position.batches}])
-                state = {
-                    "step": step,
-                    "positions": positions,  # per rank: the epoch it reads and the batches it took
-                    "replicas": check_replicas(G_raw, D_raw, step),  # per rank: weight checksums, all equal
-                    "world_size": world,
-                    "num_workers": cfg.num_workers,
-                    "batch_size": cfg.batch_size,
-                    "seed": cfg.seed,
-                }
-                last_ckpt = save_checkpoint(accelerator, run_dir, step, state, ema, cfg.keep_checkpoints)
-    finally:
-        bar.close()
-        stream.close()
 
-    # --- the generator to use: EMA weights when EMA is on
+def _next_batch(
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    stream: BatchStream,
+    step: int,
+    micro: int,
+    samples: SampleWriter,
+    log: MetricLog,
+) -> Any:
+    """The next batch of pairs (both directions unless turned off), on the device."""
+    raw = next(stream)
+    pairing = draw_pairing(raw, cfg, step_rng(cfg.seed, accelerator.process_index, step, micro))
+    batch = make_swap_batch(raw, cfg, pairing, accelerator.device)
+    samples.keep_pairs(batch.source, batch.target)
+    log.add(
+        {
+            "Data/same_identity": pairing.same_identity,
+            "Data/pair_fallback": pairing.kinds.count("fallback") / len(pairing.kinds),
+        }
+    )
+    return batch.both_directions() if cfg.both_directions else batch
+
+
+def _micro_step(
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    built: Built,
+    batch: Any,
+    step: int,
+    last_ckpt: Path | None,
+    log: MetricLog,
+) -> None:
+    """Each phase that runs at `step`, in order: loss, backward, clip, optimiser step. The D phase judges
+    the G phase's (detached) swaps."""
+    fake = None
+    for phase in built.phases:
+        if not phase.runs_at(step):
+            continue  # D untouched before the adversarial phase (official)
+        built.D_raw.requires_grad_(phase.name == "D")  # the G phase's adversarial term must not train D
+        with accelerator.autocast():
+            out = phase.loss(phase.name, batch, step, fake=fake)
+        check_finite(accelerator, out, step, last_ckpt)
+        accelerator.backward(out.total)
+        if accelerator.sync_gradients and cfg.grad_clip:
+            norm = accelerator.clip_grad_norm_(phase.net.parameters(), cfg.grad_clip)
+            check_grad(norm, phase.name, step, cfg, last_ckpt)
+            log.add({f"Grad/{phase.name}_norm": norm})
+        phase.opt.step()
+        phase.opt.zero_grad(set_to_none=True)
+        log.add(out.terms)
+        fake = out.swap
+
+
+def _finish(
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    run_dir: Path,
+    built: Built,
+    step: int,
+    start_ckpt: Path | None,
+    last_ckpt: Path | None,
+    step_times: list[float],
+) -> dict[str, Any]:
+    """The generator to use (EMA weights when EMA is on) into RUN_DIR/final, and the summary."""
     final = None
-    if main:
-        weights = ema.state_dict() if ema is not None else G_raw.state_dict()
-        spec = generator_spec(cfg, G_raw.config, step, ema is not None)
+    if accelerator.is_main_process:
+        weights = built.ema.state_dict() if built.ema is not None else built.G_raw.state_dict()
+        spec = generator_spec(cfg, built.G_raw.config, step, built.ema is not None)
         final = save_generator(run_dir / "final", weights, spec)
     accelerator.wait_for_everyone()
     timed = step_times[1:] or step_times  # the first step of a process warms up (allocations, workers)
-    summary = {
+    samples_per_step = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
+    return {
         "run_dir": str(run_dir),
         "steps": step,
         "resumed_from": str(start_ckpt) if start_ckpt else None,
-        "world_size": world,
+        "world_size": accelerator.num_processes,
         "final": str(final) if final else None,
         "last_checkpoint": str(last_ckpt) if last_ckpt else None,
         "seconds_per_step": round(sum(timed) / len(timed), 4) if timed else None,
         "samples_per_s": round(samples_per_step * len(timed) / sum(timed), 3) if timed else None,
     }
-    return summary
-
-
-# ---------------------------------------------------------------------------------------------
-# Loop helpers
 
 
 def _init_generator(G: torch.nn.Module, path: str) -> None:
-    """Load a generator folder's weights (training.swap's --checkpoint forms) into G, strictly; its
+    """Load a generator folder's weights (swapper.swap's --checkpoint forms) into G, strictly; its
     GeneratorConfig must equal this run's, or the first differing field is named."""
-    from training.inference import load_generator
-
     source, spec = load_generator(path)
     ours, theirs = G.config, source.config
     for name in (f.name for f in dataclasses.fields(ours)):
@@ -289,27 +324,6 @@ def _init_generator(G: torch.nn.Module, path: str) -> None:
                 f"{getattr(ours, name)!r} (set generator / generator_overrides to match it)"
             )
     G.load_state_dict(source.state_dict(), strict=True)
-
-
-def _resume_position(
-    state: dict[str, Any], cfg: TrainConfig, rank: int, world: int, accelerator: Accelerator
-) -> Position:
-    same = (state["world_size"], state["num_workers"], state["batch_size"], state["seed"]) == (
-        world,
-        cfg.num_workers,
-        cfg.batch_size,
-        cfg.seed,
-    )
-    if same:
-        p = state["positions"][rank]
-        return Position(p["epoch"], p["batches"])
-    # The read order depends on these settings, so the exact position cannot carry over.
-    epoch = max(p["epoch"] for p in state["positions"]) + 1
-    accelerator.print(
-        f"warning: world size, workers, batch size or seed differ from the checkpoint's; the data restarts at "
-        f"epoch {epoch} (models and optimisers resume exactly, the data order does not)"
-    )
-    return Position(epoch, 0)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:

@@ -17,8 +17,7 @@ import pytest
 from huggingface_hub import DatasetCard
 from PIL import Image
 
-from pipeline.card import main
-from pipeline.datacard import render_card
+from pipeline.card import main, render_card
 from pipeline.dataset import DatasetDir
 from pipeline.prompts import ATTRIBUTES, PROMPTS
 from tests.pipeline.caption_builders import (

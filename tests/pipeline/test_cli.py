@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import caption, card, embed, publish
 from pipeline.cli import build_parser, field_comments
-from training import export
+from swapper import export
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ STAGES = [
     ("pipeline.embed", embed.EmbedConfig, embed.__doc__),
     ("pipeline.card", card.CardConfig, card.__doc__),
     ("pipeline.publish", publish.PublishConfig, publish.__doc__),
-    ("training.export", export.ExportConfig, export.__doc__),
+    ("swapper.export", export.ExportConfig, export.__doc__),
 ]
 
 
@@ -58,7 +58,7 @@ def _run(module: str, *args: str) -> subprocess.CompletedProcess:
         ("pipeline.embed", ["--dataset", "/nonexistent/dataset"], "has no plan.json"),
         ("pipeline.publish", ["--dataset", "x", "--repo-id", "no-slash"], "--repo-id"),
         ("pipeline.card", ["--dataset", "x", "--template", "/nonexistent.md"], "no such file"),
-        ("training.export", ["--onnx", "x.onnx"], "--checkpoint"),
+        ("swapper.export", ["--onnx", "x.onnx"], "--checkpoint"),
         ("training.train", ["--set", "batch_size=0", "--data", "x", "--output", "y"], "batch_size"),
     ],
     ids=lambda v: v if isinstance(v, str) and v.count(".") == 1 else None,

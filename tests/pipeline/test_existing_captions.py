@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from pipeline.caption import CaptionConfig, main, run
-from pipeline.datacard import captioning_section, dataset_facts, render_card, statistics_section
+from pipeline.card import dataset_facts, render_card
+from pipeline.card.sections import captioning_section, statistics_section
 from pipeline.dataset import DatasetDir
 from pipeline.prompts import PAPER_TEXT
 from pipeline.shards import iter_shard

@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.pipeline.caption_builders import copy_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ("pipeline", "training", "data_cards", "pyproject.toml", "README.md")
+SHIPPED = ("pipeline", "training", "swapper", "data_cards", "pyproject.toml", "README.md")
 
 
 def test_the_wheel_ships_the_card_templates_and_an_installed_card_command_uses_them(tmp_path, vgg):

@@ -11,8 +11,6 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from demo.tiny_models import CLIP_TINY_CONFIG  # noqa: E402
-from tests.training.run_builders import CLIP_NAME, RUN_SETS, RUN_STEPS, build_dataset, demo_args
 from training.clip_image import ClipImageTower  # noqa: E402
 from training.models import IdentityEncoder, IResNet  # noqa: E402
 
@@ -75,44 +73,3 @@ def make_tiny_identity(seed: int = 0) -> IdentityEncoder:
 @pytest.fixture()
 def tiny_identity() -> IdentityEncoder:
     return make_tiny_identity()
-
-
-# ---- finished datasets and a demo run, built once per session
-
-
-@pytest.fixture(scope="session")
-def train_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny open_clip config (demo.tiny_models') under this suite's own name."""
-    path = tmp_path_factory.mktemp("train_clip") / f"{CLIP_NAME}.json"
-    path.write_text(json.dumps(CLIP_TINY_CONFIG))
-    return path
-
-
-@pytest.fixture(scope="session")
-def train_data(tmp_path_factory: pytest.TempPathFactory, train_clip: Path) -> Path:
-    """VGGFace2-HQ layout: 4 identities x 4 images, 2 shards, captioned and embedded."""
-    return build_dataset(tmp_path_factory.mktemp("train_data"), "vggface2-hq", train_clip, 4, 4)
-
-
-@pytest.fixture(scope="session")
-def mask_data(tmp_path_factory: pytest.TempPathFactory, train_clip: Path) -> Path:
-    """CelebA-HQ layout with CelebAMask-HQ masks: 2 identities x 4 images, 1 shard."""
-    return build_dataset(tmp_path_factory.mktemp("mask_data"), "celeba-hq", train_clip, 2, 4)
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory: pytest.TempPathFactory, train_data: Path, train_clip: Path) -> Path:
-    """A straight 5-step demo run on the test data (the reference of the resume test; swap and export use it)."""
-    from training.train import main
-
-    out = tmp_path_factory.mktemp("demo_run") / "run"
-    main(demo_args([train_data], out, train_clip, *RUN_SETS, max_steps=RUN_STEPS))
-    return out
-
-
-@pytest.fixture(scope="session")
-def binary_mask_data(tmp_path_factory: pytest.TempPathFactory, train_clip: Path) -> Path:
-    """An older dataset: binary face+hair masks and no `mask_format` in its stats; 2 shards of 4."""
-    from tests.training.mask_builders import build_binary_mask_dataset
-
-    return build_binary_mask_dataset(tmp_path_factory.mktemp("binary_mask_data"), train_clip)

@@ -13,8 +13,8 @@ import yaml
 from pipeline.dataset import DatasetDir, clip_tag
 from pipeline.embeddings import write_clip_record
 from tests.training.run_builders import CLIP_NAME, REPO
-from training.config import MissingWeights, TrainConfig, apply_overrides, load_config, parse_yaml, read_yaml
-from training.losses import LossConfig
+from training.config import LossConfig, TrainConfig, apply_overrides, load_config, parse_yaml, read_yaml
+from training.models.weights import MissingWeights
 
 CONFIGS = REPO / "training" / "configs"
 TAG = f"{CLIP_NAME}__none"  # what the train_data fixture was embedded with
@@ -464,12 +464,14 @@ def test_a_clip_model_alone_takes_its_pretrained_tag_from_the_data(tmp_path, tra
         load_config(None, ["clip_model=ViT-L-14"], data=(str(data),)).with_dataset_clip()
 
 
-def test_nested_keys_get_a_suggestion_and_presets_load_by_name():
+def test_nested_keys_get_a_suggestion_and_presets_load_by_name(monkeypatch):
     with pytest.raises(
         ValueError, match=r"unknown field\(s\) \['adv_strat_step'\] \(did you mean 'adv_start_step'\?\)"
     ):
         load_config(None, ["loss.adv_strat_step=0"])
     by_path = load_config(REPO / "training" / "configs" / "alphaface-fast.yaml")
     assert load_config("alphaface-fast.yaml") == by_path == load_config("alphaface-fast")
+    monkeypatch.chdir(REPO)  # where a folder named demo/ sits beside the preset's name
+    assert load_config("demo") == load_config(REPO / "training" / "configs" / "demo.yaml")
     with pytest.raises(FileNotFoundError, match=r"the presets: alphaface, alphaface-fast, alphaface-improved, "):
         load_config("alphafase.yaml")

@@ -9,22 +9,44 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tests.training.conftest import TINY_CLIP_MEAN, TINY_CLIP_STD, smooth_images
+from training.batch import SwapBatch
 from training.clip_image import ClipImageTower
+from training.config import AdvLoss, LossConfig
 from training.losses import (
     AlphaFaceLoss,
-    LossConfig,
-    SwapBatch,
-    adversarial_d_loss,
-    adversarial_g_loss,
+    adversarial_d_rows,
+    adversarial_g_rows,
     clip_text_gate,
-    identity_loss,
-    masked_l1,
+    identity_rows,
+    masked_l1_rows,
 )
-from training.models import IdentityEncoder, build_discriminator, build_generator
+from training.models import IdentityEncoder, MissingWeights, build_discriminator, build_generator
 from training.perceptual import VGG_LAYERS, VGGPerceptual
 
 SIZE = 64  # test images; the tiny generator's stride is 8
 D_CLIP = 32  # tiny CLIP embedding size
+
+
+# Batch means of the loss's own per-row terms, as the checks below state them.
+def identity_loss(emb: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    return identity_rows(emb, reference).mean()
+
+
+def masked_l1(images, reference, mask, valid=None) -> torch.Tensor | None:
+    if valid is not None:
+        if not bool(valid.any()):
+            return None
+        images, reference, mask = images[valid], reference[valid], mask[valid]
+    return masked_l1_rows(images, reference, mask).mean()
+
+
+def adversarial_g_loss(fake_logits: torch.Tensor, kind: AdvLoss) -> torch.Tensor:
+    return adversarial_g_rows(fake_logits, kind).mean()
+
+
+def adversarial_d_loss(real_logits, fake_logits, kind: AdvLoss) -> tuple[torch.Tensor, torch.Tensor]:
+    real, fake = adversarial_d_rows(real_logits, fake_logits, kind)
+    return real.mean(), fake.mean()
 
 
 def make_batch(b: int = 2, seed: int = 0, mask: bool = True) -> SwapBatch:
@@ -164,7 +186,7 @@ def test_clip_tower_uses_open_clip_preprocessing(tiny_clip_model: nn.Module) -> 
 
 
 def test_vgg_needs_weights_and_loads_them_strictly(tmp_path) -> None:
-    with pytest.raises(ValueError, match="allow_random"):
+    with pytest.raises(MissingWeights, match="allow_random"):  # like every frozen network without weights
         VGGPerceptual()
     torch.manual_seed(1)
     source = VGGPerceptual(allow_random=True)

@@ -20,9 +20,9 @@ from pipeline.reader import FaceReader
 from pipeline.shards import iter_shard
 from pipeline.sources import CELEBA_LABELS as PIPELINE_LABELS
 from tests.training.run_builders import REPO, demo_args
+from training.batch import CELEBA_LABELS, MASK_REGIONS, region_mask
 from training.config import TrainConfig, load_config
 from training.data import draw_pairing, make_swap_batch, reader_config, step_rng
-from training.losses import CELEBA_LABELS, MASK_REGIONS, region_mask
 from training.train import main
 
 SIZE = 32

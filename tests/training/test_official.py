@@ -24,17 +24,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from pipeline.sources import CELEBA_LABELS
 from tests.training.conftest import smooth_images
 from tests.training.run_builders import REPO, demo_args
-from training.config import load_config
-from training.losses import (
-    CELEBA_LABELS,
-    MASK_REGIONS,
-    AlphaFaceLoss,
-    LossConfig,
-    SwapBatch,
-    region_mask,
-)
+from training.batch import MASK_REGIONS, SwapBatch, region_mask
+from training.config import LossConfig, load_config
+from training.losses import AlphaFaceLoss
 from training.models import GENERATOR_PRESETS, adain, build_discriminator, build_generator, spatial_stats
 from training.perceptual import VGGPerceptual
 

@@ -232,7 +232,7 @@ def test_torchrun_two_processes_train_and_export(tmp_path, train_data, mask_data
         assert [e.step for e in acc.Scalars(tag)] == [1, 2], tag
 
     # the two-process run's generator exports, and onnxruntime agrees with torch on it
-    from training import export
+    from swapper import export
 
     onnx_path = tmp_path / "generator.onnx"
     summary = export.main(["--checkpoint", str(out), "--onnx", str(onnx_path), "--verify"])

@@ -1,4 +1,11 @@
-"""AlphaFace models: identity encoder (ArcFace IResNet), generator (CAII), discriminator."""
+"""AlphaFace models: identity encoder (ArcFace IResNet), generator (CAII), discriminator.
+
+generator.py      the swapper: fusion encoder -> CAII blocks -> decoder, presets
+discriminator.py  the official patch discriminator (StarGAN-v2 ResBlks)
+iresnet.py        insightface arcface_torch IResNet (strict checkpoint layout)
+identity.py       the frozen identity encoder: IResNet + emap + L2 normalisation
+weights.py        state-dict files (weights_only / safetensors) and MissingWeights
+"""
 
 from training.models.discriminator import (
     DISCRIMINATOR_KINDS,
@@ -20,13 +27,8 @@ from training.models.generator import (
     spatial_stats,
 )
 from training.models.identity import TINY_ID, IdentityEncoder, build_identity
-from training.models.iresnet import (
-    IRESNET_LAYERS,
-    IResNet,
-    build_iresnet,
-    load_iresnet,
-    load_state_dict_file,
-)
+from training.models.iresnet import IRESNET_LAYERS, IResNet, build_iresnet, load_iresnet
+from training.models.weights import MissingWeights, load_state_dict_file
 
 __all__ = [
     "CAII_MODES",
@@ -43,6 +45,7 @@ __all__ = [
     "GeneratorConfig",
     "IResNet",
     "IdentityEncoder",
+    "MissingWeights",
     "adain",
     "build_discriminator",
     "build_generator",

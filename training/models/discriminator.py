@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 DiscriminatorKind = Literal["official", "patch"]
-DISCRIMINATOR_KINDS: tuple[str, ...] = ("official", "patch")
+DISCRIMINATOR_KINDS: tuple[str, ...] = get_args(DiscriminatorKind)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ Presets (costs at 256x256, counted with ``torch.utils.flop_counter``; see ``benc
 - ``alphaface``: the official network. Encoder to 1024x64x64, six CAII blocks there, decoder.
   About 138.6M parameters and 717 GMAC, two thirds of it in the twelve 1024-channel 3x3 CAII
   convolutions at 64x64. CAII mode ``official``, target read in [0, 1], instance-norm eps 1e-8:
-  the official arithmetic, so converted official weights (``training.convert``) run unchanged.
+  the official arithmetic, so converted official weights (``swapper.convert``) run unchanged.
 - ``alphaface-fast``: our design, the same network one octave lower and a little narrower. One
   more stride-2 encoder stage puts the six CAII blocks on a 32x32 grid (the latent grid InSwapper
   itself uses; SimSwap injects identity at 28x28), and their width drops from 1024 to 768: the
@@ -31,16 +31,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 CAIIMode = Literal["official", "bidirectional"]
-CAII_MODES: tuple[str, ...] = ("official", "bidirectional")
+CAII_MODES: tuple[str, ...] = get_args(CAIIMode)
 TargetRange = Literal["unit", "signed"]
-TARGET_RANGES: tuple[str, ...] = ("unit", "signed")
+TARGET_RANGES: tuple[str, ...] = get_args(TargetRange)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.models.iresnet import IResNet, build_iresnet, load_iresnet, load_state_dict_file
+from training.models.iresnet import IResNet, build_iresnet, load_iresnet
+from training.models.weights import MissingWeights, load_state_dict_file
 
 TINY_ID = {"layers": (1, 1, 1, 1), "widths": (8, 16, 16, 32)}  # id_arch "tiny": demo and tests only
 
@@ -26,7 +27,7 @@ class IdentityEncoder(nn.Module):
     normalised before ``emb @ emap`` and the result is normalised again (the official code skips
     the first normalisation; a positive scale before a linear map changes nothing once the result
     is normalised). :meth:`encode` takes an input already at 112 and in [-1, 1] (the official
-    ``eval.py`` quantises it first, see ``training.convert``).
+    ``eval.py`` quantises it first, see ``swapper.convert``).
 
     The encoder is frozen: its parameters never require gradients and it stays in eval mode even
     when a parent module calls ``.train()`` (BatchNorm statistics must not drift). Gradients still
@@ -95,8 +96,6 @@ def build_identity(
     if weights:
         return IdentityEncoder.from_files(arch, weights, matrix_path)
     if not allow_random:
-        from training.config import MissingWeights  # the config imports the models: import it late
-
         raise MissingWeights("the identity encoder needs id_weights (an arcface_torch IResNet checkpoint)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from training.models.weights import load_state_dict_file
+
 # Blocks per stage of the named architectures (insightface's iresnet50 / iresnet100).
 IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
     "r50": (3, 4, 14, 3),
@@ -23,22 +25,6 @@ BN_EPS = 1e-5  # insightface uses 1e-5 everywhere; the default would also be 1e-
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a state dict from ``.safetensors`` or a torch pickle (``weights_only=True``, never full
-    unpickling). A ``{"state_dict": ...}`` wrapper is unwrapped."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
-    return state
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:

@@ -1,0 +1,5 @@
+"""`python -m swapper.evaluate`: see swapper.evaluate.stage."""
+
+from swapper.evaluate.stage import main
+
+main()

@@ -1,0 +1,139 @@
+"""The batched face swapper: images (photos or video frames) in, the same images out, swapped.
+
+    item -> detect -> select (--faces, --min-face) -> align each face (crop, M)  ─┐ until a batch is full
+    crops (B, 3, S, S) -> swap_fn (the generator) -> swaps -> paste back into each item -> items, in order
+
+Items are held until every face in them is swapped, so the output order is the input order. Faces
+from many small frames share one generator batch, and a frame with many faces can span batches.
+A frame with no face passes through unchanged and is counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from swapper.faces.align import CROPS, estimate, single_thread
+from swapper.faces.blend import BLENDS, crop_mask
+from swapper.faces.canvas import Canvas
+from swapper.faces.detect import Detector, Face, select_faces
+
+SwapFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) crops in [0, 1] -> swaps, same shape
+
+
+@dataclass
+class Item:
+    key: str  # the landmarks key: "photo.jpg", "sub/clip.mp4#17"
+    image: Canvas  # an RGB photo or a YUV video frame; the paste-back writes into it
+    tag: Any = None  # the caller's own (an output path, a frame index)
+    faces: list[Face] = field(default_factory=list)  # the faces swapped into it
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    # --- crops
+    size: int  # the generator's input side
+    crop: str = "ffhq"  # template framing the generator was trained on: ffhq | arcface
+    # --- which faces
+    faces: str = "all"  # all | largest | N (the N largest)
+    min_face: float = 40.0  # faces whose box is shorter than this (pixels) are left alone
+    # --- paste-back
+    blend: str = "feather"  # feather (whole crop, soft edge) | mask (inner-face ellipse)
+    # --- compute
+    batch_size: int = 16  # faces per generator call
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {sorted(CROPS)}, got {self.crop!r}")
+        if self.blend not in BLENDS:
+            raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+        if self.faces not in ("all", "largest") and not (self.faces.isdigit() and int(self.faces) > 0):
+            raise ValueError(f"faces must be all, largest or a positive count, got {self.faces!r}")
+        if self.min_face < 0 or self.batch_size < 1 or self.size < 1:
+            raise ValueError("min_face must be >= 0, batch_size and size >= 1")
+
+
+def to_tensor(crops: list[np.ndarray], device: torch.device | str) -> torch.Tensor:
+    """(B, S, S, 3) uint8 crops -> (B, 3, S, S) float in [0, 1] on `device` (bytes cross, not floats)."""
+    with single_thread():  # host-side glue: see align.single_thread
+        batch = torch.from_numpy(np.stack(crops)).to(device)  # (B, S, S, 3)
+        return batch.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, S, S)
+
+
+def to_images(swaps: torch.Tensor) -> np.ndarray:
+    """(B, 3, S, S) in [0, 1] -> (B, S, S, 3) uint8 on the host."""
+    with single_thread():
+        images = swaps.detach().float().clamp(0, 1).mul_(255).round_().to(torch.uint8)  # (B, 3, S, S)
+        return images.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (B, S, S, 3)
+
+
+class FaceSwapper:
+    """Callable over an iterable of `Item`s; yields them back swapped, in order.
+
+    `counts` gathers frames, faces_swapped, no_face and faces_too_small; `seconds` the time in
+    detect, align, generator (transfer included) and paste; with `record`, `detections` keeps every
+    face found, by key (the landmarks cache that `save_landmarks` writes).
+    """
+
+    def __init__(
+        self, swap_fn: SwapFn, detector: Detector, options: FaceOptions, device: str = "cpu", record: bool = False
+    ) -> None:
+        self.swap_fn, self.detector, self.options, self.device, self.record = swap_fn, detector, options, device, record
+        self.mask = crop_mask(options.blend, options.size, options.crop)
+        self.counts: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+        self.detections: dict[str, list[Face]] = {}
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        pending: list[Item] = []
+        jobs: list[tuple[Item, np.ndarray, np.ndarray]] = []  # (item, M frame -> crop, crop)
+        for item in items:
+            jobs.extend(self._prepare(item))
+            pending.append(item)
+            if len(jobs) >= self.options.batch_size:
+                self._swap(jobs)
+                yield from pending
+                pending, jobs = [], []
+        if jobs:
+            self._swap(jobs)
+        yield from pending
+
+    def _prepare(self, item: Item) -> list[tuple[Item, np.ndarray, np.ndarray]]:
+        o = self.options
+        start = time.perf_counter()
+        found = self.detector(item.image, item.key)
+        if self.record:
+            self.detections[item.key] = found
+        faces, too_small = select_faces(found, o.faces, o.min_face)
+        mid = time.perf_counter()
+        self.seconds["detect"] += mid - start
+        self.counts["frames"] += 1
+        self.counts["faces_too_small"] += too_small
+        if not faces:
+            self.counts["no_face"] += 1
+        item.faces = faces
+        jobs = []
+        for face in faces:
+            m = estimate(face.kps, o.size, o.crop)
+            jobs.append((item, m, item.image.crop(m, o.size)))
+        self.seconds["align"] += time.perf_counter() - mid
+        return jobs
+
+    def _swap(self, jobs: list[tuple[Item, np.ndarray, np.ndarray]]) -> None:
+        size = self.options.batch_size
+        for i in range(0, len(jobs), size):
+            chunk = jobs[i : i + size]
+            start = time.perf_counter()
+            swaps = to_images(self.swap_fn(to_tensor([crop for _, _, crop in chunk], self.device)))
+            mid = time.perf_counter()
+            for (item, m, _), swap in zip(chunk, swaps, strict=True):
+                item.image.paste(swap, m, self.mask)
+            self.seconds["generator"] += mid - start
+            self.seconds["paste"] += time.perf_counter() - mid
+            self.counts["faces_swapped"] += len(chunk)
