@@ -4,6 +4,7 @@ Prints one JSON line. A 1080p H.264 clip (a moving face over a panning, grainy b
 AAC audio) is written first, with its landmarks cache. Then, in the same run:
 
 - `decode`: demux + decode + the frame as a YUV canvas, nothing else;
+- `mtcnn`: the default detector's cost per 1080p frame (at --min-face 40 and 80);
 - `passthrough`: decode -> encode (H.264) with no face work, the I/O floor;
 - `host`: the whole `swapper.faces` path with the generator replaced by the identity function:
   decode, the cache lookup, the aligned crop (YUV box -> RGB, warp), the paste (warp back, blend
@@ -44,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from swapper.faces import video  # noqa: E402
 from swapper.faces.align import apply, template, warp  # noqa: E402
-from swapper.faces.detect import Face, LandmarksFile, frame_key, save_landmarks  # noqa: E402
+from swapper.faces.detect import Face, LandmarksFile, MtcnnDetector, frame_key, save_landmarks  # noqa: E402
 from swapper.faces.swapper import FaceOptions, FaceSwapper, Item  # noqa: E402
 from training.models import build_generator  # noqa: E402
 
@@ -134,6 +135,25 @@ def swap_video(path: Path, out: Path, swapper: FaceSwapper | None, encode: video
     return video.transcode(path, out, process, encode)["frames_written"]
 
 
+def time_mtcnn(clip: Path, device: str, frames: int = 5) -> dict:
+    """MTCNN's cost per 1080p frame, at the swap's default --min-face 40 (the first frames decoded once)."""
+    images = []
+    with av.open(str(clip)) as c:
+        for frame in c.decode(video=0):
+            images.append(frame.to_image())
+            if len(images) == frames:
+                break
+    out = {}
+    for min_face in (40.0, 80.0):
+        detector = MtcnnDetector(min_face=min_face, device=device)
+        detector(images[0])  # warm-up
+        start = time.perf_counter()
+        for image in images:
+            detector(image)
+        out[f"ms_per_frame_min_face_{int(min_face)}"] = round((time.perf_counter() - start) / len(images) * 1e3, 1)
+    return {**out, "device": device, "threads": torch.get_num_threads()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=120, help="clip length (1080p frames)")
@@ -146,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     frames = 48 if args.quick else args.frames
     torch.manual_seed(0)
     encode = video.EncodeOptions("libx264", args.video_preset, 18)
-    options = FaceOptions(SIZE, "ffhq", "all", 40.0, "feather", BATCH)
+    options = FaceOptions(SIZE, crop="ffhq", faces="all", min_face=40.0, blend="feather", batch_size=BATCH)
     with tempfile.TemporaryDirectory() as tmp:
         clip, out = Path(tmp) / "clip.mp4", Path(tmp) / "out.mp4"
         log(f"writing a {W}x{H} clip of {frames} frames")
@@ -184,6 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["host"] = timed(lambda: swap_video(clip, out, host, encode))
         # wall time of the face work in the main thread (decode and encode run beside it)
         result["host"]["face_ms_per_frame"] = {k: round(v / frames * 1e3, 2) for k, v in host.seconds.items()}
+
+        log("MTCNN (the default detector) on 1080p frames")
+        result["mtcnn"] = time_mtcnn(clip, args.device)
 
         log(f"generator {args.preset} at batch {BATCH}, {SIZE} px, on {args.device}")
         device = torch.device(args.device)

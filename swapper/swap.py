@@ -1,34 +1,39 @@
-"""The swap stage: inference with a trained generator, on aligned crops or on faces in the wild.
+"""The swap stage: inference with a trained generator, on faces in the wild or on aligned crops.
 
-    python -m swapper.swap --checkpoint CKPT --source FACE_IMG --target IMG|DIR|VIDEO [--output PATH] \
-        [--detector scrfd:PATH.onnx | landmarks:FILE.json | aligned] [--faces all|largest|N] \
-        [--min-face 40] [--blend feather|mask] [--crop ffhq|arcface] [--batch-size 16] \
+    python -m swapper.swap --checkpoint CKPT --source FACE_PHOTO --target PHOTO|DIR|VIDEO [--output PATH] \
+        [--detector mtcnn | scrfd:PATH.onnx | landmarks:FILE.json | aligned] \
+        [--faces all|largest|N|left:N] [--reference PHOTO --reference-distance 0.6] [--min-face 40] \
+        [--blend feather|mask] [--colour none|lab] [--no-smooth] [--crop ffhq|arcface] [--batch-size 16] \
         [--device cpu|cuda] [--dtype fp32|bf16] [--save-landmarks FILE.json]
 
-    source -> (detect, largest face, 112 ArcFace crop) -> identity encoder -> id embedding ─┐
-    targets -> detect -> align (5 points -> template at the generator's size) ──> generator (batched)
-            <- paste back (inverse warp, feathered mask) <───────────────────────────── swaps
+    source -> detect -> largest face -> 112 ArcFace crop -> identity encoder -> id embedding ──────┐
+    targets -> detect -> track + smooth (video) -> select -> align (5 points -> the generator's
+            template) -> generator (batched) -> colour match -> paste back (inverse warp, soft mask)
 
-With `--detector aligned` the inputs are aligned face crops as in training: they are resized to the
-generator's image size and the output is the swapped crop (a folder of targets -> `STEM.png` files).
-Without `--detector`, inputs that are all crops in the generator's framing (square, at most twice its
-side) are taken as aligned; anything else (a whole photo, a video) is refused with the detector
-options, never squashed into the generator's square. With a detector, any photo or video goes in and
-comes out at its own size: photo -> photo (format by suffix), folder -> the same tree (photos and
-videos), video -> H.264 video with the same frames, frame rate and audio. A target with no face is written unchanged and
-counted; a file or frame that cannot be read is reported and counted and the run goes on. The crop
-convention and the landmarks format are in docs/faces.md and `swapper.faces.detect`.
+Any photo or video goes in and comes out at its own size: photo -> photo (format by suffix), folder
+-> the same tree (photos and videos), video -> H.264 video with the same frames, frame rate and
+audio. The default detector is MTCNN on the weights inside facenet-pytorch's wheel, so nothing is
+downloaded (installed with `pip install --no-deps facenet-pytorch==2.6.0`, as `make install` does).
+`--detector aligned` is for aligned face crops as in training, chosen on purpose: each input is
+resized to the generator's square and the output is the swapped crop (a folder -> `STEM.png` files).
 
-`--checkpoint` is a run directory (its `final/`), a `final/` folder, a checkpoint folder
-`checkpoints/step_NNNNNNN` (its EMA weights, else the raw generator's), or a
-`generator.safetensors` with its `generator.json` beside it. The identity encoder is the one
-recorded with the generator unless `--id-weights` (and `--emap`) say otherwise.
+Which faces: `--faces` all (default), the largest, the N largest, or `left:N` (the N-th from the
+left); `--reference PHOTO` keeps only faces within `--reference-distance` (1 - cosine of the run's
+identity embeddings) of the reference photo's face. In videos faces are tracked by box overlap and
+their landmarks smoothed with a one-euro filter (`--no-smooth` turns it off); a cut resets it.
+`--colour lab` matches the swap's colour to the target face's before blending.
+
+A target with no face is written unchanged and counted; a file or frame that cannot be read is
+reported and counted and the run goes on; a run that swapped no face at all exits 2. `--checkpoint`
+is anything training.artifact loads: a run directory, its `final/`, a checkpoint folder, or a
+`generator.safetensors`. The crop convention and the landmarks format are in docs/faces.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -36,8 +41,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -48,8 +55,9 @@ from swapper.faces import video
 from swapper.faces.align import CROPS, arcface_crop
 from swapper.faces.blend import BLENDS
 from swapper.faces.canvas import RgbCanvas
-from swapper.faces.detect import Detector, frame_key, parse_detector, save_landmarks
-from swapper.faces.swapper import FaceOptions, FaceSwapper, Item
+from swapper.faces.colour import COLOURS
+from swapper.faces.detect import DETECTORS, Detector, check_faces, frame_key, parse_detector, save_landmarks
+from swapper.faces.swapper import FaceOptions, FaceSwapper, Item, Reference, to_tensor
 from swapper.images import (
     UNREADABLE,
     copy_file,
@@ -60,32 +68,34 @@ from swapper.images import (
     save_image,
     save_photo,
 )
-from training.artifact import load_generator, load_identity, resolve_generator
-from training.models import Generator, IdentityEncoder
+from training.artifact import load_generator, load_identity
+from training.models import IdentityEncoder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-DETECTOR_CHOICES = "scrfd:PATH.onnx, landmarks:FILE.json or aligned"
-CROP_SLACK = 2  # an aligned crop is square and at most this many times the generator's side
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class SwapConfig:
     # --- model and files
-    checkpoint: Path  # RUN_DIR, its final/, a checkpoint folder, or a generator .safetensors (+ .json)
-    source: Path  # the face whose identity is transferred: an aligned crop, or a photo with a detector
+    checkpoint: str  # RUN_DIR, its final/, a checkpoint folder, or a generator .safetensors (+ .json)
+    source: Path  # the photo whose face gives the identity (an aligned crop with --detector aligned)
     target: Path  # a photo, a video, or a folder of them (aligned crops with --detector aligned)
     output: Path | None = None  # a file for one target, a folder for a folder (default: swap.png, swap.mp4, swaps/)
     id_weights: Path | None = None  # identity encoder checkpoint (default: the one recorded with the generator)
     emap: Path | None = None  # InSwapper emap .npy (default: the recorded one)
     id_arch: str | None = field(default=None, metadata={"choices": ("r50", "r100")})  # default: the recorded one
     # --- faces
-    detector: str | None = None  # scrfd:PATH.onnx | landmarks:FILE.json | aligned (crops; default for crops only)
-    faces: str = "all"  # all | largest | N: which faces of each target to swap (largest first)
+    detector: str = "mtcnn"  # mtcnn (no download) | scrfd:PATH.onnx | landmarks:FILE.json | aligned (crops)
+    faces: str = "all"  # all | largest | N (the N largest) | left:N (the N-th from the left)
+    reference: Path | None = None  # swap only faces like the face in this photo (group photos, videos)
+    reference_distance: float = 0.6  # with --reference: the largest 1 - cosine of identity embeddings kept
     min_face: float = 40.0  # faces whose box is shorter than this (pixels) are left alone
     blend: str = field(default="feather", metadata={"choices": BLENDS})  # feather: whole crop | mask: inner face
+    colour: str = field(default="none", metadata={"choices": COLOURS})  # lab: match the target face's colour
+    smooth: bool = True  # video: track faces and smooth their landmarks over time (one-euro filter)
     crop: str = field(default="ffhq", metadata={"choices": tuple(sorted(CROPS))})  # the generator's crop framing
-    det_threshold: float = 0.5  # SCRFD score threshold
+    det_threshold: float = 0.5  # detector score threshold (MTCNN's last stage: at least 0.7)
     save_landmarks: Path | None = None  # write every detection here (the landmarks format), to reuse
     # --- video
     video_codec: str = "libx264"  # H.264 encoder (h264_nvenc where FFmpeg has it)
@@ -102,21 +112,103 @@ class SwapConfig:
             raise ValueError("--batch-size must be >= 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.blend not in BLENDS:
-            raise ValueError(f"--blend must be one of {BLENDS}, got {self.blend!r}")
-        if self.crop not in CROPS:
-            raise ValueError(f"--crop must be one of {sorted(CROPS)}, got {self.crop!r}")
-        if self.faces not in ("all", "largest") and not (self.faces.isdigit() and int(self.faces) > 0):
-            raise ValueError(f"--faces must be all, largest or a positive count, got {self.faces!r}")
-        if self.min_face < 0 or not 0 < self.det_threshold <= 1:
-            raise ValueError("--min-face must be >= 0 and --det-threshold in (0, 1]")
-        kind, _, arg = (self.detector or "aligned").partition(":")
-        if not (self.detector in (None, "aligned") or (kind in ("scrfd", "landmarks") and arg)):
-            raise ValueError(f"--detector must be {DETECTOR_CHOICES}, got {self.detector!r}")
-        if not Path(self.source).is_file():
-            raise FileNotFoundError(f"--source {self.source} is not a file")
+        if self.blend not in BLENDS or self.colour not in COLOURS or self.crop not in CROPS:
+            raise ValueError(f"--blend, --colour and --crop must be among {BLENDS}, {COLOURS}, {sorted(CROPS)}")
+        check_faces(self.faces)
+        if self.min_face < 0 or not 0 < self.det_threshold <= 1 or not 0 <= self.reference_distance <= 2:
+            raise ValueError("--min-face must be >= 0, --det-threshold in (0, 1] and --reference-distance in [0, 2]")
+        kind, _, arg = self.detector.partition(":")
+        if not (self.detector in ("mtcnn", "aligned") or (kind in ("scrfd", "landmarks") and arg)):
+            raise ValueError(f"--detector must be {DETECTORS}, got {self.detector!r}")
+        if self.reference is not None and self.detector == "aligned":
+            raise ValueError("--reference picks faces found by a detector; --detector aligned has none to pick")
+        for flag, path in (("--source", self.source), ("--reference", self.reference)):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"{flag} {path} is not a file")
         if not Path(self.target).exists():
             raise FileNotFoundError(f"--target {self.target} does not exist")
+
+    def face_options(self, size: int) -> FaceOptions:
+        return FaceOptions(size, self.crop, self.faces, self.min_face, self.blend, self.colour, self.batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# A loaded swapper: built once, used for every input (the CLI's files, the web page's requests)
+
+
+class Session:
+    """The generator, its identity encoder and the detector, loaded once."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        detector: str = "mtcnn",
+        device: str | None = None,
+        dtype: str = "fp32",
+        det_threshold: float = 0.5,
+        min_face: float = 40.0,
+        identity: Any = None,  # id_weights / emap / id_arch overrides (a SwapConfig will do)
+    ) -> None:
+        self.device = torch.device(resolve_device(device))
+        self.detector_name = detector
+        self.detector: Detector | None = parse_detector(detector, det_threshold, min_face, str(self.device))
+        self.generator, self.spec = load_generator(checkpoint, self.device)
+        self.size = int(self.spec["image_size"])
+        self.dtype = dtype
+        self._identity_overrides = identity or SimpleNamespace(id_weights=None, emap=None, id_arch=None)
+
+    @functools.cached_property
+    def identity(self) -> IdentityEncoder:
+        """Loaded on first use, after the inputs were checked (a random encoder's note prints then)."""
+        return load_identity(self.spec, self._identity_overrides).to(self.device)
+
+    def embed_photo(self, image: Image.Image, key: str, what: str = "--source") -> torch.Tensor:
+        """(1, D): the largest face's 112 ArcFace crop through the identity encoder (aligned: the crop resized)."""
+        if self.detector is None:
+            crop = _array(
+                image.resize((self.size, self.size), Image.BICUBIC) if image.size != (self.size,) * 2 else image
+            )
+        else:
+            faces = self.detector(image, key)
+            if not faces:
+                landmarks = self.detector_name.startswith("landmarks:")
+                raise ValueError(
+                    f"{what} {key}: no face found" + (f" (no entry {key!r} in the landmarks file)" if landmarks else "")
+                )
+            crop = arcface_crop(_array(image), max(faces, key=lambda f: f.area).kps)  # (112, 112, 3)
+        return self.identity(to_tensor([crop], self.device))
+
+    def swap_fn(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Crops (b, 3, S, S) in [0, 1] -> swaps with identity `z`, under the session's dtype."""
+        device_type, dtype = self.device.type, DTYPES[self.dtype]
+
+        def swap(batch: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
+                return self.generator(batch, z.expand(len(batch), -1)).float()  # (b, 3, S, S)
+
+        return swap
+
+    def reference(self, image: Image.Image, key: str, max_distance: float) -> Reference:
+        embedding = self.embed_photo(image, key, "--reference")  # (1, D), normalised
+
+        def embed(crops: torch.Tensor) -> torch.Tensor:  # (b, 3, 112, 112) ArcFace crops
+            return self.identity(crops)
+
+        return Reference(embedding, embed, max_distance)
+
+    def face_swapper(
+        self, z: torch.Tensor, options: FaceOptions, reference: Reference | None = None, record: bool = False
+    ) -> FaceSwapper:
+        assert self.detector is not None, "faces in the wild need a detector"
+        return FaceSwapper(self.swap_fn(z), self.detector, options, str(self.device), record, reference)
+
+
+def _array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and outputs
 
 
 def list_targets(target: Path) -> list[Path]:
@@ -162,41 +254,6 @@ def check_output(target: Path, output: Path) -> None:
         raise ValueError(f"--output {output} must be a video file (.mp4, .mkv, .mov) for the video {target}")
 
 
-def not_a_crop(path: Path, size: int) -> str | None:
-    """Why `path` is not an aligned crop of a `size` generator (a video, not square, far larger), or None."""
-    if video.is_video(path):
-        return "a video"
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except UNREADABLE:
-        return None  # reported as unreadable when it is swapped
-    if w != h or w > CROP_SLACK * size:
-        return f"a {w}x{h} image"
-    return None
-
-
-def choose_detector(cfg: SwapConfig, size: int) -> str:
-    """The --detector given; without one, `aligned` only when every input is a crop in the generator's
-    framing: a whole photo must never be squashed into the generator's square."""
-    if cfg.detector is not None:
-        return cfg.detector
-    target = Path(cfg.target)
-    for flag, path in [("--source", Path(cfg.source)), *(("--target", p) for p in list_media(target))]:
-        reason = not_a_crop(path, size)
-        if reason:
-            raise ValueError(
-                f"{flag} {path} is {reason}, not an aligned face crop for this {size} px generator: give a "
-                f"detector (--detector scrfd:PATH.onnx or landmarks:FILE.json), or --detector aligned to "
-                "resize it as a crop anyway"
-            )
-    return "aligned"
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage
-
-
 class Failures:
     """Bad inputs, counted by reason, printed as they happen and listed in the summary."""
 
@@ -210,44 +267,57 @@ class Failures:
         print(f"swapper.swap: {reason}: {path}: {detail}", file=sys.stderr)
 
 
-def source_embedding(cfg: SwapConfig, identity: IdentityEncoder, detector: Detector | None, size: int) -> torch.Tensor:
-    """(1, 512): an aligned source crop resized, or the largest detected face's 112 ArcFace crop."""
-    device = next(identity.parameters()).device
-    source = Path(cfg.source)
-    if detector is None:
-        return identity(load_face(source, size)[None].to(device))
-    image = load_rgb(source)
-    faces = detector(image, source.name)
-    if not faces:
-        hint = f" (no entry {source.name!r} in the landmarks file)" if cfg.detector.startswith("landmarks:") else ""
-        raise ValueError(f"--source {source}: no face found{hint}")
-    largest = max(faces, key=lambda f: f.area)
-    crop = torch.from_numpy(arcface_crop(image, largest.kps).copy()).permute(2, 0, 1).float() / 255  # (3, 112, 112)
-    return identity(crop[None].to(device))
+# ---------------------------------------------------------------------------------------------
+# One photo, one video (the web page calls these too)
 
 
-def make_swap_fn(generator: Generator, z: torch.Tensor, dtype: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    device_type = z.device.type
-
-    def swap(batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
-            return generator(batch, z.expand(len(batch), -1)).float()  # (b, 3, S, S)
-
-    return swap
+def swap_photo(swapper: FaceSwapper, image: Image.Image, key: str) -> Item:
+    """One photo through the face swapper: the returned item's `image.image` is the swapped photo."""
+    swapper.start_clip(None)
+    return next(swapper([Item(key, RgbCanvas(image))]))
 
 
-def run_aligned(
-    cfg: SwapConfig, swap_fn: Callable, size: int, fail: Failures, device: torch.device, official: dict | None = None
+def swap_video(
+    swapper: FaceSwapper,
+    src: Path,
+    dst: Path,
+    key: str,
+    encode: video.EncodeOptions,
+    smooth: bool = True,
+    on_frame: Callable[[], None] | None = None,
+    on_error: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Today's path: aligned crops in, swapped crops at the generator's size out (with `official`, the
-    spec's `preprocess` from swapper.convert: the official eval.py's exact resizing and rounding)."""
-    target = Path(cfg.target)
+    """One video through the face swapper, frames tracked and smoothed when `smooth`; raises VideoError."""
+    swapper.start_clip(float(video.probe(src).fps) if smooth else None)
+
+    def process(frames: video.Frames) -> video.Frames:
+        for item in swapper(Item(frame_key(key, i), canvas, tag=i) for i, canvas in frames):
+            if on_frame is not None:
+                on_frame()
+            yield item.tag, item.image
+
+    try:
+        return video.transcode(src, dst, process, encode, on_error=on_error)
+    finally:
+        swapper.start_clip(None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def run_aligned(cfg: SwapConfig, session: Session, z: torch.Tensor, fail: Failures) -> dict[str, Any]:
+    """Aligned crops in, swapped crops at the generator's size out (converted official weights: the
+    official eval.py's exact resizing and rounding, from the spec's `preprocess`)."""
+    target, size = Path(cfg.target), session.size
+    official = session.spec.get("preprocess")
     if target.is_file() and video.is_video(target):
         raise ValueError(f"--target {target} is a video: --detector aligned takes aligned crops; give a detector")
     targets = list_targets(target)
     many = target.is_dir()
     if many:
         Path(cfg.output).mkdir(parents=True, exist_ok=True)
+    swap_fn = session.swap_fn(z)
     outputs = []
     bar = tqdm(total=len(targets), unit="frame", desc="swap", disable=not cfg.progress)
     for i in range(0, len(targets), cfg.batch_size):
@@ -261,7 +331,7 @@ def run_aligned(
                 bar.update(1)
         if not chunk:
             continue
-        swaps = swap_fn(torch.stack(faces).to(device))  # (b, 3, size, size)
+        swaps = swap_fn(torch.stack(faces).to(session.device))  # (b, 3, size, size)
         for path, swap in zip(chunk, swaps, strict=True):
             out = Path(cfg.output) / f"{path.stem}.png" if many else Path(cfg.output)
             save_image(swap, out, truncate=official is not None)
@@ -272,7 +342,7 @@ def run_aligned(
 
 
 def run_wild(
-    cfg: SwapConfig, swap_fn: Callable, size: int, detector: Detector, fail: Failures, device: torch.device
+    cfg: SwapConfig, session: Session, z: torch.Tensor, reference: Reference | None, fail: Failures
 ) -> dict[str, Any]:
     """Photos, folders and videos: detect, align, swap in batches, paste back."""
     target, output = Path(cfg.target), Path(cfg.output)
@@ -280,8 +350,7 @@ def run_wild(
     many = target.is_dir()
     photos = [p for p in media if not video.is_video(p)]
     videos = [p for p in media if video.is_video(p)]
-    options = FaceOptions(size, cfg.crop, cfg.faces, cfg.min_face, cfg.blend, cfg.batch_size)
-    swapper = FaceSwapper(swap_fn, detector, options, device=str(device), record=cfg.save_landmarks is not None)
+    swapper = session.face_swapper(z, cfg.face_options(session.size), reference, record=cfg.save_landmarks is not None)
 
     def key(p: Path) -> str:  # the landmarks key: path relative to --target
         return p.relative_to(target).as_posix() if many else p.name
@@ -309,6 +378,7 @@ def run_wild(
                 continue
             yield Item(key(p), RgbCanvas(image), tag=p)
 
+    swapper.start_clip(None)
     for item in swapper(photo_items()):  # one stream: faces from many photos share a batch
         out = destination(item.tag)
         if not item.faces and out.suffix.lower() == item.tag.suffix.lower():
@@ -321,15 +391,17 @@ def run_wild(
     reports = []
     encode = video.EncodeOptions(cfg.video_codec, cfg.video_preset, cfg.crf)
     for v in videos:
-        base = key(v)
-
-        def process(frames: video.Frames, base: str = base) -> video.Frames:
-            for item in swapper(Item(frame_key(base, i), canvas, tag=i) for i, canvas in frames):
-                bar.update(1)
-                yield item.tag, item.image
-
         try:
-            report = video.transcode(v, destination(v), process, encode, on_error=lambda r, d, v=v: fail(v, r, d))
+            report = swap_video(
+                swapper,
+                v,
+                destination(v),
+                key(v),
+                encode,
+                cfg.smooth,
+                lambda: bar.update(1),
+                lambda r, d, v=v: fail(v, r, d),
+            )
         except video.VideoError as e:
             fail(v, e.reason, e.detail)
             continue
@@ -339,10 +411,11 @@ def run_wild(
     if cfg.save_landmarks is not None:
         source = Path(cfg.source)
         if source.name not in swapper.detections:  # the source too, so the cache replays the whole run
-            swapper.detections[source.name] = detector(load_rgb(source), source.name)
+            swapper.detections[source.name] = session.detector(load_rgb(source), source.name)
         save_landmarks(cfg.save_landmarks, swapper.detections)
+    counted = ("frames", "faces_swapped", "no_face", "faces_too_small", "faces_not_the_reference")
     return {
-        **{k: swapper.counts[k] for k in ("frames", "faces_swapped", "no_face", "faces_too_small")},
+        **{k: swapper.counts[k] for k in counted},
         "videos": reports,
         "outputs": outputs,
         "time": {k: round(v, 3) for k, v in swapper.seconds.items()},
@@ -356,31 +429,29 @@ def run(cfg: SwapConfig) -> dict[str, Any]:
     target = Path(cfg.target)
     output = Path(cfg.output) if cfg.output is not None else default_output(target)
     check_output(target, output)
-    size = int(resolve_generator(cfg.checkpoint)[1]["image_size"])  # the file's header only
-    cfg = dataclasses.replace(cfg, output=output, detector=choose_detector(cfg, size))
-    detector = parse_detector(cfg.detector, threshold=cfg.det_threshold) if cfg.detector != "aligned" else None
-    device = torch.device(resolve_device(cfg.device))
-    generator, spec = load_generator(cfg.checkpoint, device)
-    identity = load_identity(spec, cfg).to(device)
-    official = spec.get("preprocess") if detector is None else None  # converted official weights
+    cfg = dataclasses.replace(cfg, output=output)
+    session = Session(cfg.checkpoint, cfg.detector, cfg.device, cfg.dtype, cfg.det_threshold, cfg.min_face, cfg)
+    official = session.spec.get("preprocess") if session.detector is None else None  # converted official weights
     if official:  # eval.py's source: PIL bilinear 112, (x * 255).int() / 127.5 - 1
-        z = identity.encode(official_source(Path(cfg.source), official).to(device))  # (1, 512)
+        z = session.identity.encode(official_source(Path(cfg.source), official).to(session.device))  # (1, 512)
     else:
-        z = source_embedding(cfg, identity, detector, size)  # (1, 512)
-    swap_fn = make_swap_fn(generator, z, cfg.dtype)
+        z = session.embed_photo(load_rgb(Path(cfg.source)), Path(cfg.source).name)  # (1, 512)
+    reference = None
+    if cfg.reference is not None:
+        reference = session.reference(load_rgb(Path(cfg.reference)), Path(cfg.reference).name, cfg.reference_distance)
     fail = Failures()
-    if detector is None:
-        done = run_aligned(cfg, swap_fn, size, fail, device, official)
+    if session.detector is None:
+        done = run_aligned(cfg, session, z, fail)
     else:
-        done = run_wild(cfg, swap_fn, size, detector, fail, device)
+        done = run_wild(cfg, session, z, reference, fail)
     seconds = time.perf_counter() - start
     return {
-        "generator": spec.get("preset"),
-        "step": spec.get("step"),
-        "image_size": size,
+        "generator": session.spec.get("preset"),
+        "step": session.spec.get("step"),
+        "image_size": session.size,
         "detector": cfg.detector,
-        "crop": cfg.crop if detector is not None else None,
-        "blend": cfg.blend if detector is not None else None,
+        "crop": cfg.crop if session.detector is not None else None,
+        "blend": cfg.blend if session.detector is not None else None,
         "swaps": len(done["outputs"]),
         **done,
         "errors": dict(sorted(fail.counts.items())),
@@ -393,12 +464,13 @@ def run(cfg: SwapConfig) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> SwapConfig:
     try:
         return cli.parse_config("python -m swapper.swap", __doc__, SwapConfig, argv)
-    except FileNotFoundError as e:  # a --source or --target that is not there
+    except FileNotFoundError as e:  # a --source, --reference or --target that is not there
         cli.fail("swapper.swap", str(e))
 
 
 def nothing_swapped(summary: dict[str, Any]) -> str:
-    counts = {**summary["errors"], **{k: summary.get(k, 0) for k in ("no_face", "faces_too_small")}}
+    counted = ("no_face", "faces_too_small", "faces_not_the_reference")
+    counts = {**summary["errors"], **{k: summary.get(k, 0) for k in counted}}
     why = ", ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no input"
     return f"no face was swapped ({why})"
 

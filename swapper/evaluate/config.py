@@ -26,7 +26,7 @@ class EvalConfig:
     protocol: str = field(default="ffpp", metadata={"choices": PROTOCOLS})  # ffpp | pairs
     # --- ffpp
     data: Path | None = None  # FF++ root (original_sequences/, manipulated_sequences/)
-    detector: str | None = None  # scrfd:PATH.onnx | landmarks:FILE.json (default: REPORT_DIR/landmarks.json)
+    detector: str | None = None  # mtcnn | scrfd:PATH.onnx | landmarks:FILE.json (default: REPORT_DIR/landmarks.json)
     frames: int = 10  # evenly spaced frames per video
     det_threshold: float = 0.5  # SCRFD score threshold
     # --- pairs
@@ -66,7 +66,9 @@ class EvalConfig:
             raise ValueError("--image-size must be a multiple of 4, >= 16")
         if self.detector is not None:
             kind, _, arg = self.detector.partition(":")
-            if kind not in ("scrfd", "landmarks") or not arg:
-                raise ValueError(f"--detector must be scrfd:PATH.onnx or landmarks:FILE.json, got {self.detector!r}")
+            if not (self.detector == "mtcnn" or (kind in ("scrfd", "landmarks") and arg)):
+                raise ValueError(
+                    f"--detector must be mtcnn, scrfd:PATH.onnx or landmarks:FILE.json, got {self.detector!r}"
+                )
         if self.checkpoint.startswith("baseline:") and self.checkpoint not in BASELINES:
             raise ValueError(f"--checkpoint baseline must be one of {BASELINES}, got {self.checkpoint!r}")

@@ -15,7 +15,7 @@ from swapper.evaluate.config import EvalConfig
 from swapper.evaluate.measure import Unit
 from swapper.faces import video
 from swapper.faces.align import ARCFACE_SIZE, estimate
-from swapper.faces.detect import Face, LandmarksFile, Scrfd, frame_key, save_landmarks, select_faces
+from swapper.faces.detect import Detector, Face, LandmarksFile, frame_key, parse_detector, save_landmarks, select_faces
 
 ORIGINALS = Path("original_sequences/youtube/c23/videos")
 MANIPULATED = "manipulated_sequences/*/c23/videos/*.mp4"
@@ -74,7 +74,7 @@ class Faces:
     def __init__(self, cfg: EvalConfig) -> None:
         self.path = Path(cfg.output) / LANDMARKS
         self.cache: dict[str, list[Face]] = LandmarksFile(self.path).faces if self.path.is_file() else {}
-        self.detector: Scrfd | None = None
+        self.detector: Detector | None = None
         if cfg.detector and cfg.detector.startswith("landmarks:"):
             given = cfg.detector.partition(":")[2]
             if not Path(given).is_file():
@@ -83,10 +83,10 @@ class Faces:
         else:
             self.given = None
             if cfg.detector:
-                self.detector = Scrfd(cfg.detector.partition(":")[2], threshold=cfg.det_threshold)
+                self.detector = parse_detector(cfg.detector, cfg.det_threshold)
             elif not self.cache:
                 raise ValueError(
-                    f"--protocol ffpp needs --detector scrfd:PATH.onnx or landmarks:FILE.json "
+                    f"--protocol ffpp needs --detector mtcnn, scrfd:PATH.onnx or landmarks:FILE.json "
                     f"(or a cache {self.path} from an earlier run)"
                 )
         self.dirty = False

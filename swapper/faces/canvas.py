@@ -38,6 +38,11 @@ class Canvas(Protocol):
 
     def to_image(self) -> Image.Image: ...
 
+    def thumbnail(self) -> np.ndarray: ...
+
+
+THUMBNAIL = (32, 18)  # (width, height) of the luma thumbnail that tells shots apart
+
 
 class RgbCanvas:
     def __init__(self, image: Image.Image) -> None:
@@ -56,6 +61,10 @@ class RgbCanvas:
 
     def to_image(self) -> Image.Image:
         return self.image
+
+    def thumbnail(self) -> np.ndarray:
+        """(18, 32) uint8 luma, for cut detection."""
+        return np.asarray(self.image.convert("L").resize(THUMBNAIL, Image.Resampling.BILINEAR))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +153,10 @@ class Yuv420Canvas:
 
     def to_image(self) -> Image.Image:
         return Image.fromarray(self.rgb((0, 0, *self.size)))
+
+    def thumbnail(self) -> np.ndarray:
+        """(18, 32) uint8 luma (the Y plane itself), for cut detection."""
+        return np.asarray(Image.fromarray(self.y).resize(THUMBNAIL, Image.Resampling.BILINEAR))
 
     def crop(self, m: np.ndarray, size: int) -> np.ndarray:
         """The aligned RGB crop: each plane warped to the crop (reading only its footprint), then

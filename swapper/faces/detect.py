@@ -1,5 +1,6 @@
 """Face detectors: each maps an RGB image (and its key) to faces with 5 landmarks.
 
+    mtcnn                MTCNN on the weights inside facenet-pytorch's wheel (swapper.faces.mtcnn): no download
     scrfd:PATH.onnx      insightface SCRFD (det_10g.onnx, det_2.5g.onnx) run by onnxruntime
     landmarks:FILE.json  faces detected elsewhere, looked up by key (the landmarks format below)
     aligned              no detector: the images are already aligned crops
@@ -59,16 +60,38 @@ class Face:
 Detector = Callable[[Any, str], list[Face]]
 
 
-def select_faces(faces: list[Face], keep: str, min_face: float) -> tuple[list[Face], int]:
-    """(the faces to swap, how many were too small): `keep` is "all", "largest" or a count N.
+FACE_CHOICES = "all, largest, N (the N largest) or left:N (the N-th from the left)"
 
-    Faces are ranked by box area, largest first (insightface ranks by area too).
-    """
-    big = sorted((f for f in faces if f.size >= min_face), key=lambda f: f.area, reverse=True)
-    small = len(faces) - len(big)
+
+def check_faces(keep: str) -> str:
+    """`keep` if it is a face selection this module understands, else a ValueError naming the choices."""
+    kind, _, n = keep.partition(":")
+    if (
+        keep in ("all", "largest")
+        or (keep.isdigit() and int(keep) > 0)
+        or (kind == "left" and n.isdigit() and int(n) > 0)
+    ):
+        return keep
+    raise ValueError(f"--faces must be {FACE_CHOICES}, got {keep!r}")
+
+
+def pick_faces(faces: list[Face], keep: str) -> list[Face]:
+    """The faces `keep` names: all (largest first), the largest, the N largest, or the N-th from the left
+    (by box centre, 1-based; none when there are fewer faces). Ranking by area follows insightface."""
+    ranked = sorted(faces, key=lambda f: f.area, reverse=True)
     if keep == "all":
-        return big, small
-    return big[: 1 if keep == "largest" else int(keep)], small
+        return ranked
+    if keep.startswith("left:"):
+        by_x = sorted(faces, key=lambda f: f.bbox[0] + f.bbox[2])
+        n = int(keep.partition(":")[2])
+        return by_x[n - 1 : n]
+    return ranked[: 1 if keep == "largest" else int(keep)]
+
+
+def select_faces(faces: list[Face], keep: str, min_face: float) -> tuple[list[Face], int]:
+    """(the faces to swap, how many were too small): those at least `min_face` tall, then `keep`."""
+    big = [f for f in faces if f.size >= min_face]
+    return pick_faces(big, keep), len(faces) - len(big)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +234,29 @@ class Scrfd:
 
 
 # ---------------------------------------------------------------------------------------------
+# MTCNN
+
+
+class MtcnnDetector:
+    """`mtcnn`: swapper.faces.mtcnn.Mtcnn as a Detector. Its boxes are 1-based (the original release's
+    convention); here they move to the landmarks' pixel-index coordinates, as every other detector gives."""
+
+    def __init__(self, threshold: float = 0.7, min_face: float = 20.0, device: str = "cpu") -> None:
+        from swapper.faces.mtcnn import Mtcnn
+
+        # P-Net's pyramid starts at min_face: faces smaller than what the swap keeps need not be looked for
+        self.mtcnn = Mtcnn(device=device, min_face_size=max(20.0, min_face), thresholds=(0.6, 0.7, threshold))
+
+    def __call__(self, image: Any, key: str = "") -> list[Face]:
+        if not isinstance(image, Image.Image):  # a canvas (a video frame): full-frame RGB only when it is needed
+            image = image.to_image()
+        return [
+            Face(np.asarray(d.box, np.float64) - 1.0, d.landmarks.astype(np.float64), d.score)
+            for d in self.mtcnn(image)
+        ]
+
+
+# ---------------------------------------------------------------------------------------------
 # Given landmarks
 
 
@@ -255,15 +301,21 @@ def frame_key(video_key: str, index: int) -> str:
     return f"{video_key}#{index}"
 
 
-def parse_detector(spec: str, **scrfd_options: Any) -> Detector | None:
-    """`scrfd:PATH.onnx`, `landmarks:FILE.json` or `aligned` (None: no detector)."""
+DETECTORS = "mtcnn, scrfd:PATH.onnx, landmarks:FILE.json or aligned"
+
+
+def parse_detector(spec: str, threshold: float = 0.5, min_face: float = 20.0, device: str = "cpu") -> Detector | None:
+    """`mtcnn`, `scrfd:PATH.onnx`, `landmarks:FILE.json` or `aligned` (None: no detector). `threshold` is
+    the detector's score threshold (MTCNN's last stage never goes below its own 0.7)."""
     kind, _, arg = spec.partition(":")
     if kind == "aligned" and not arg:
         return None
+    if kind == "mtcnn" and not arg:
+        return MtcnnDetector(max(threshold, 0.7), min_face, device)
     if kind == "scrfd" and arg:
-        return Scrfd(arg, **scrfd_options)
+        return Scrfd(arg, threshold=threshold)
     if kind == "landmarks" and arg:
         if not Path(arg).is_file():
             raise FileNotFoundError(f"--detector landmarks:{arg}: no such file")
         return LandmarksFile(arg)
-    raise ValueError(f"--detector must be scrfd:PATH.onnx, landmarks:FILE.json or aligned, got {spec!r}")
+    raise ValueError(f"--detector must be {DETECTORS}, got {spec!r}")

@@ -1,7 +1,8 @@
 """The batched face swapper: images (photos or video frames) in, the same images out, swapped.
 
-    item -> detect -> select (--faces, --min-face) -> align each face (crop, M)  ─┐ until a batch is full
-    crops (B, 3, S, S) -> swap_fn (the generator) -> swaps -> paste back into each item -> items, in order
+    item -> detect -> track + smooth (video) -> select (--min-face, --reference, --faces)
+         -> align each face (crop, M)  ─┐ until a batch is full
+    crops (B, 3, S, S) -> swap_fn (the generator) -> swaps -> colour match -> paste back -> items, in order
 
 Items are held until every face in them is swapped, so the output order is the input order. Faces
 from many small frames share one generator batch, and a frame with many faces can span batches.
@@ -19,10 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from swapper.faces.align import CROPS, estimate, single_thread
-from swapper.faces.blend import BLENDS, crop_mask
+from swapper.faces.align import ARCFACE_SIZE, CROPS, estimate, single_thread
+from swapper.faces.blend import BLENDS, crop_mask, ellipse_mask
 from swapper.faces.canvas import Canvas
-from swapper.faces.detect import Detector, Face, select_faces
+from swapper.faces.colour import COLOURS, match_colour
+from swapper.faces.detect import Detector, Face, check_faces, pick_faces
+from swapper.faces.track import FaceTracker, is_cut
 
 SwapFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) crops in [0, 1] -> swaps, same shape
 
@@ -41,10 +44,11 @@ class FaceOptions:
     size: int  # the generator's input side
     crop: str = "ffhq"  # template framing the generator was trained on: ffhq | arcface
     # --- which faces
-    faces: str = "all"  # all | largest | N (the N largest)
+    faces: str = "all"  # all | largest | N (the N largest) | left:N (the N-th from the left)
     min_face: float = 40.0  # faces whose box is shorter than this (pixels) are left alone
     # --- paste-back
     blend: str = "feather"  # feather (whole crop, soft edge) | mask (inner-face ellipse)
+    colour: str = "none"  # none | lab: the swap's colour matched to the target's inside the face
     # --- compute
     batch_size: int = 16  # faces per generator call
 
@@ -53,8 +57,9 @@ class FaceOptions:
             raise ValueError(f"crop must be one of {sorted(CROPS)}, got {self.crop!r}")
         if self.blend not in BLENDS:
             raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
-        if self.faces not in ("all", "largest") and not (self.faces.isdigit() and int(self.faces) > 0):
-            raise ValueError(f"faces must be all, largest or a positive count, got {self.faces!r}")
+        check_faces(self.faces)
+        if self.colour not in COLOURS:
+            raise ValueError(f"colour must be one of {COLOURS}, got {self.colour!r}")
         if self.min_face < 0 or self.batch_size < 1 or self.size < 1:
             raise ValueError("min_face must be >= 0, batch_size and size >= 1")
 
@@ -73,6 +78,27 @@ def to_images(swaps: torch.Tensor) -> np.ndarray:
         return images.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (B, S, S, 3)
 
 
+class Reference:
+    """Keeps only the faces whose identity is within `max_distance` (1 - cosine) of a reference face's:
+    FaceFusion's reference selector, for group photos and videos with several people. `embed` maps
+    (B, 3, 112, 112) ArcFace crops in [0, 1] to (B, D) normalised embeddings (the run's identity encoder)."""
+
+    def __init__(self, embedding: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor], max_distance: float):
+        self.embedding, self.embed, self.max_distance = embedding, embed, max_distance
+
+    def distances(self, image: Canvas, faces: list[Face], device: str) -> np.ndarray:
+        crops = [image.crop(estimate(f.kps, ARCFACE_SIZE, "arcface"), ARCFACE_SIZE) for f in faces]
+        with torch.no_grad():
+            emb = self.embed(to_tensor(crops, device))  # (n, D)
+            cos = (emb * self.embedding.to(emb.device)).sum(dim=1)
+        return (1.0 - cos).float().cpu().numpy()
+
+    def keep(self, image: Canvas, faces: list[Face], device: str) -> list[Face]:
+        if not faces:
+            return faces
+        return [f for f, d in zip(faces, self.distances(image, faces, device), strict=True) if d <= self.max_distance]
+
+
 class FaceSwapper:
     """Callable over an iterable of `Item`s; yields them back swapped, in order.
 
@@ -82,13 +108,29 @@ class FaceSwapper:
     """
 
     def __init__(
-        self, swap_fn: SwapFn, detector: Detector, options: FaceOptions, device: str = "cpu", record: bool = False
+        self,
+        swap_fn: SwapFn,
+        detector: Detector,
+        options: FaceOptions,
+        device: str = "cpu",
+        record: bool = False,
+        reference: Reference | None = None,
+        tracker: FaceTracker | None = None,
     ) -> None:
         self.swap_fn, self.detector, self.options, self.device, self.record = swap_fn, detector, options, device, record
+        self.reference, self.tracker = reference, tracker  # tracker: one clip's, in frame order
         self.mask = crop_mask(options.blend, options.size, options.crop)
+        self.face_weights = ellipse_mask(options.size, options.crop)  # the region colour matching looks at
+        self._thumbnail: np.ndarray | None = None
         self.counts: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
         self.detections: dict[str, list[Face]] = {}
+
+    def start_clip(self, fps: float | None) -> None:
+        """The items that follow are one clip's frames, in order (`fps`: track and smooth its faces), or
+        (None) independent photos."""
+        self.tracker = FaceTracker(fps) if fps else None
+        self._thumbnail = None
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         pending: list[Item] = []
@@ -109,8 +151,18 @@ class FaceSwapper:
         start = time.perf_counter()
         found = self.detector(item.image, item.key)
         if self.record:
-            self.detections[item.key] = found
-        faces, too_small = select_faces(found, o.faces, o.min_face)
+            self.detections[item.key] = found  # as detected: replaying the cache smooths the same way
+        if self.tracker is not None:
+            thumbnail = item.image.thumbnail()
+            found = self.tracker(found, cut=is_cut(self._thumbnail, thumbnail))
+            self._thumbnail = thumbnail
+        big = [f for f in found if f.size >= o.min_face]
+        too_small = len(found) - len(big)
+        if self.reference is not None:
+            near = self.reference.keep(item.image, big, self.device)
+            self.counts["faces_not_the_reference"] += len(big) - len(near)
+            big = near
+        faces = pick_faces(big, o.faces)
         mid = time.perf_counter()
         self.seconds["detect"] += mid - start
         self.counts["frames"] += 1
@@ -132,7 +184,9 @@ class FaceSwapper:
             start = time.perf_counter()
             swaps = to_images(self.swap_fn(to_tensor([crop for _, _, crop in chunk], self.device)))
             mid = time.perf_counter()
-            for (item, m, _), swap in zip(chunk, swaps, strict=True):
+            for (item, m, crop), swap in zip(chunk, swaps, strict=True):
+                if self.options.colour == "lab":
+                    swap = match_colour(swap, crop, self.face_weights)
                 item.image.paste(swap, m, self.mask)
             self.seconds["generator"] += mid - start
             self.seconds["paste"] += time.perf_counter() - mid

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from fractions import Fraction
 
 import av
@@ -16,6 +15,7 @@ from swapper import swap
 from swapper.faces.align import align, apply, arcface_crop
 from swapper.faces.blend import crop_mask, paste, paste_box
 from swapper.swap import SwapConfig
+from tests.swapper.faces import scenes
 from tests.swapper.faces.builders import (
     GEN_SIZE,
     background,
@@ -152,6 +152,7 @@ def test_a_video_keeps_its_frames_rate_and_audio(tmp_path, tiny_generator, sourc
         "0",
         "--video-preset",
         "ultrafast",
+        "--no-smooth",  # the landmarks given are exact: paste where they say (smoothing: test_track.py)
     )  # fmt: skip  (lossless: exact where untouched)
     assert (summary["frames"], summary["faces_swapped"], summary["no_face"]) == (12, 11, 1)
     assert summary["errors"] == {} and summary["videos"][0]["frames_written"] == 12
@@ -206,13 +207,15 @@ def test_bad_videos_are_reported_and_the_run_goes_on(tmp_path, tiny_generator, s
     assert 0 < partial < 12 and summary["faces_swapped"] == 6 + partial
 
 
-def test_aligned_stays_the_default_and_a_source_without_a_face_is_refused(tmp_path, tiny_generator, source):
+def test_aligned_is_chosen_on_purpose_and_a_source_without_a_face_is_refused(tmp_path, tiny_generator, source):
     src, _ = source
     crop = tmp_path / "crop.png"
     Image.fromarray(smooth_face(80, seed=30)).save(crop)
     summary = run_swap("--checkpoint", str(tiny_generator), "--source", str(crop), "--target", str(crop),
-                       "--output", str(tmp_path / "o.png"))  # fmt: skip
+                       "--output", str(tmp_path / "o.png"), "--detector", "aligned")  # fmt: skip
     assert summary["detector"] == "aligned" and Image.open(tmp_path / "o.png").size == (GEN_SIZE, GEN_SIZE)
+    with pytest.raises(SystemExit, match="--source crop.png: no face found"):  # the default, MTCNN, finds none
+        run_swap("--checkpoint", str(tiny_generator), "--source", str(crop), "--target", str(crop))
     lm = write_landmarks(tmp_path / "lm.json", {})
     with pytest.raises(SystemExit, match="no face found.*no entry 'me.png'"):
         run_swap("--checkpoint", str(tiny_generator), "--source", str(src), "--target", str(crop),
@@ -220,7 +223,6 @@ def test_aligned_stays_the_default_and_a_source_without_a_face_is_refused(tmp_pa
     with pytest.raises(SystemExit, match="--faces must be"):
         run_swap("--checkpoint", str(tiny_generator), "--source", str(src), "--target", str(crop),
                  "--output", str(tmp_path / "x.png"), "--faces", "some")  # fmt: skip
-    shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
 
 
 def test_scrfd_detections_cached_and_replayed_give_the_same_swap(tmp_path, tiny_generator):
@@ -260,24 +262,31 @@ def fails_with(capsys, *args: str) -> str:
     return lines[0]
 
 
-def test_a_whole_photo_is_never_squashed_into_the_generator_square(
-    tmp_path, tiny_generator, source, capsys, monkeypatch
-):
-    src, _ = source
-    monkeypatch.chdir(tmp_path)  # where the default --output would go
-    photo = tmp_path / "photo.png"
-    Image.fromarray(background(400, 300, seed=40)).save(photo)
-    big = tmp_path / "big.png"  # square, but far larger than the 64 px crop
-    Image.fromarray(background(512, 512, seed=41)).save(big)
-    for target in (photo, big):
-        line = fails_with(capsys, "--checkpoint", str(tiny_generator), "--source", str(src), "--target", str(target))
-        assert "not an aligned face crop" in line and "--detector" in line and "scrfd:" in line
-    assert not (tmp_path / "swap.png").exists()
-    # chosen on purpose, aligned still resizes it as a crop
-    out = tmp_path / "squashed.png"
-    run_swap("--checkpoint", str(tiny_generator), "--source", str(big), "--target", str(big), "--output", str(out),
-             "--detector", "aligned")  # fmt: skip
-    assert Image.open(out).size == (GEN_SIZE, GEN_SIZE)
+def test_a_real_photo_is_swapped_at_its_own_size_with_no_download(tmp_path, tiny_generator, capsys, monkeypatch):
+    """The astronaut (a real 512x512 photo) with the default detector, MTCNN: the face is found, swapped and
+    pasted back; the photo keeps its size, and only the face's region changes. A photo with no face is
+    written unchanged and the run, having swapped nothing, exits 2."""
+    monkeypatch.chdir(tmp_path)  # where the default --output goes
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(scenes.astronaut()).save(photo)
+    summary = run_swap("--checkpoint", str(tiny_generator), "--source", str(photo), "--target", str(photo))
+    assert summary["detector"] == "mtcnn" and summary["faces_swapped"] == 1
+    before, after = np.asarray(Image.open(photo)), np.asarray(Image.open(tmp_path / "swap.png"))
+    assert after.shape == before.shape == (512, 512, 3)  # never squashed into the generator's square
+    changed = np.abs(after.astype(int) - before).sum(axis=2) > 0
+    ys, xs = np.nonzero(changed)
+    hand = scenes.hand_points()  # the face's 5 hand-placed points
+    centre, eyes = hand.mean(0), np.linalg.norm(hand[1] - hand[0])
+    assert changed.mean() > 0.01 and abs(xs.mean() - centre[0]) < eyes and abs(ys.mean() - centre[1]) < eyes
+    assert np.hypot(xs - centre[0], ys - centre[1]).max() < 4 * eyes  # nothing changed far from the face
+    empty = tmp_path / "wall.png"
+    Image.fromarray(background(400, 300, seed=40)).save(empty)
+    with pytest.raises(SystemExit) as e:
+        run_swap("--checkpoint", str(tiny_generator), "--source", str(photo), "--target", str(empty),
+                 "--output", str(tmp_path / "wall_out.png"))  # fmt: skip
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "swapper.swap: error: no face was swapped (no_face: 1)"
+    assert (tmp_path / "wall_out.png").read_bytes() == empty.read_bytes()
 
 
 def test_checkpoints_that_are_not_generators_are_named(tmp_path, tiny_generator, capsys):
@@ -306,12 +315,11 @@ def test_outputs_a_folder_target_cannot_use(tmp_path, tiny_generator, monkeypatc
     taken = tmp_path / "taken.png"
     taken.write_bytes(b"not a folder")
     line = fails_with(capsys, "--checkpoint", str(tiny_generator), "--source", str(targets / "0.png"),
-                      "--target", str(targets), "--output", str(taken))  # fmt: skip
+                      "--target", str(targets), "--output", str(taken), "--detector", "aligned")  # fmt: skip
     assert "is a file" in line and taken.read_bytes() == b"not a folder"
     monkeypatch.chdir(tmp_path)  # no --output: a folder of swaps, not a folder named swap.png
-    summary = run_swap(
-        "--checkpoint", str(tiny_generator), "--source", str(targets / "0.png"), "--target", str(targets)
-    )
+    summary = run_swap("--checkpoint", str(tiny_generator), "--source", str(targets / "0.png"), "--target",
+                       str(targets), "--detector", "aligned")  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "swaps").iterdir()) == ["0.png", "1.png"]
     assert summary["faces_swapped"] == 2 and not (tmp_path / "swap.png").exists()
 
