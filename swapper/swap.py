@@ -25,8 +25,9 @@ their landmarks smoothed with a one-euro filter (`--no-smooth` turns it off); a 
 
 A target with no face is written unchanged and counted; a file or frame that cannot be read is
 reported and counted and the run goes on; a run that swapped no face at all exits 2. `--checkpoint`
-is anything training.artifact loads: a run directory, its `final/`, a checkpoint folder, or a
-`generator.safetensors`. The crop convention and the landmarks format are in docs/faces.md.
+is anything training.artifact loads: a run directory, its `final/`, a checkpoint folder, a
+`generator.safetensors`, or a Hub model repo `hf://USER/NAME[@REVISION]` (plain `USER/NAME` when no
+such local path exists) that `swapper.publish_model` wrote, fetched into the Hugging Face cache. The crop convention and the landmarks format are in docs/faces.md.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 @dataclass(frozen=True)
 class SwapConfig:
     # --- model and files
-    checkpoint: str  # RUN_DIR, its final/, a checkpoint folder, or a generator .safetensors (+ .json)
+    checkpoint: str  # RUN_DIR, final/, a checkpoint folder, a generator .safetensors, or hf://USER/NAME
     source: Path  # the photo whose face gives the identity (an aligned crop with --detector aligned)
     target: Path  # a photo, a video, or a folder of them (aligned crops with --detector aligned)
     output: Path | None = None  # a file for one target, a folder for a folder (default: swap.png, swap.mp4, swaps/)
@@ -98,7 +99,7 @@ class SwapConfig:
     det_threshold: float = 0.5  # detector score threshold (MTCNN's last stage: at least 0.7)
     save_landmarks: Path | None = None  # write every detection here (the landmarks format), to reuse
     # --- video
-    video_codec: str = "libx264"  # H.264 encoder (h264_nvenc where FFmpeg has it)
+    video_codec: str = "auto"  # H.264 encoder: auto (h264_nvenc on a GPU where it opens, else libx264) | a name
     video_preset: str = "veryfast"  # x264 preset (ultrafast ... veryslow)
     crf: int = 18  # x264 constant quality (0: lossless)
     # --- compute
@@ -389,7 +390,7 @@ def run_wild(
         bar.update(1)
 
     reports = []
-    encode = video.EncodeOptions(cfg.video_codec, cfg.video_preset, cfg.crf)
+    encode = video.EncodeOptions(video.pick_codec(cfg.video_codec, str(session.device)), cfg.video_preset, cfg.crf)
     for v in videos:
         try:
             report = swap_video(

@@ -10,15 +10,25 @@ pairs new weights with an old spec; files from before that fall back to the `.js
 
 `load_generator(path)` takes every `--checkpoint` form: a run directory (its `final/`), a `final/`
 folder, a training checkpoint `checkpoints/step_NNNNNNN` (its EMA weights, else the raw
-generator's; the spec is rebuilt from the run's `config.yaml`), or a `generator.safetensors`.
-`load_identity(spec, ...)` rebuilds the identity encoder the spec records. This module imports only
-the models, so the swapper can load a generator without the trainer's losses or loop.
+generator's; the spec is rebuilt from the run's `config.yaml`), a `generator.safetensors`, or a Hub
+model repo that `swapper.publish_model` wrote: `hf://USER/NAME[@REVISION]`, or a plain
+`USER/NAME[@REVISION]` when no such local path exists. A repo is fetched by huggingface_hub's
+`snapshot_download` (its cache, and HF_HUB_OFFLINE: a cached repo loads offline), only the files of
+HUB_FILES, and read with safetensors and `np.load(allow_pickle=False)`: nothing from the Hub is unpickled.
+
+The identity encoder files a spec records are absolute paths for a local run, or names relative to
+the generator file's folder for a published one (`identity.safetensors`, `emap.npy`);
+`resolve_generator` anchors relative names to that folder, so `load_identity(spec, ...)` finds them
+wherever the folder lies (the Hub cache, a staged folder, a copy).
+This module imports only the models, so the swapper can load a generator without the trainer's
+losses or loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +53,13 @@ RUN_CONFIG = "config.yaml"  # the resolved config a run writes into its director
 CHECKPOINT_STATE = "trainer_state.json"  # marks a complete training checkpoint (training.checkpoint)
 CHECKPOINT_EMA = "ema.safetensors"
 CHECKPOINT_MODEL = "model.safetensors"  # accelerate's save_state: the first prepared model, G
+# A published generator folder (swapper.publish_model): the identity encoder beside the generator, by
+# these names, which the spec records relative to the folder. The Hub fetch downloads HUB_FILES only.
+IDENTITY_FILE = "identity.safetensors"
+EMAP_FILE = "emap.npy"
+HUB_FILES = (GENERATOR_FILE, "generator.json", IDENTITY_FILE, EMAP_FILE)
+HUB_PREFIX = "hf://"
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # the Hub's USER/NAME
 
 
 class NotAGenerator(ValueError):
@@ -152,11 +169,97 @@ def _checkpoint_spec(folder: Path) -> tuple[Path, dict[str, Any]]:
     return (folder / CHECKPOINT_EMA if ema else folder / CHECKPOINT_MODEL), spec_from_values(values, config, step, ema)
 
 
+def hub_reference(checkpoint: str | Path) -> tuple[str, str | None] | None:
+    """(repo id, revision or None) when --checkpoint names a Hub model repo, else None.
+
+    `hf://USER/NAME[@REVISION]` always does (a `Path` folds `hf://` into `hf:/`, so both are read); a
+    plain `USER/NAME[@REVISION]` only when no such local path exists, so a local folder always wins."""
+    text = str(checkpoint)
+    if text.startswith("hf:/"):
+        ref = text[len("hf:") :].lstrip("/")
+        repo, _, revision = ref.partition("@")
+        if not HUB_REPO_ID.fullmatch(repo):
+            raise ValueError(
+                f"--checkpoint {text}: a Hub model is {HUB_PREFIX}USER/NAME or {HUB_PREFIX}USER/NAME@REVISION"
+            )
+        return repo, revision or None
+    repo, _, revision = text.partition("@")
+    if HUB_REPO_ID.fullmatch(repo) and not Path(text).exists():
+        return repo, revision or None
+    return None
+
+
+def fetch_hub_generator(repo: str, revision: str | None) -> Path:
+    """The `generator.safetensors` of a Hub model repo, from huggingface_hub's cache (downloaded when online).
+
+    Every failure is one line naming the repo: offline and not cached, no such repo or revision, or a
+    repo that is not a published generator."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    name = f"the Hub model {repo}" + (f" (revision {revision})" if revision else "")
+    try:
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=list(HUB_FILES)))
+    except LocalEntryNotFoundError:  # not cached, and offline or unreachable
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        raise FileNotFoundError(
+            f"{name} is not in the local Hub cache ({constants.HF_HUB_CACHE}) and {why}: "
+            "fetch it once online, or check the name"
+        ) from None
+    except GatedRepoError:  # before RepositoryNotFoundError, its parent
+        raise FileNotFoundError(f"{name} is gated: accept its terms on the Hub and set HF_TOKEN") from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"{name}: no such revision on the Hub") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"{name} does not exist (or is private: set HF_TOKEN to a token that reads it)"
+        ) from None
+    except HfHubHTTPError as e:  # another answer (401, 5xx, ...); huggingface_hub never puts the token in it
+        raise ValueError(f"fetching {name} failed: {e}") from None
+    path = folder / GENERATOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} holds no {GENERATOR_FILE}: it is not a generator swapper.publish_model wrote")
+    return path
+
+
+def _anchor_identity(spec: dict[str, Any], folder: Path, hub: bool) -> dict[str, Any]:
+    """The spec with the identity encoder's relative file names made absolute under the generator's folder.
+
+    A local run records absolute paths, which are kept. From the Hub only names inside the snapshot are
+    taken, and safetensors weights only: a spec must not point a download at a local file or a pickle."""
+    rec = dict(spec.get("identity") or {})
+    for key in ("weights", "emap"):
+        name = rec.get(key)
+        if not name:
+            continue
+        if hub and (Path(name).is_absolute() or ".." in Path(name).parts):
+            raise ValueError(f"the Hub generator's spec names its identity {key} {name!r} outside the repo")
+        if hub and key == "weights" and not name.endswith(".safetensors"):
+            raise ValueError(f"the Hub generator's identity weights {name!r} are not a .safetensors file")
+        rec[key] = str(folder / name) if not Path(name).is_absolute() else name
+    return {**spec, "identity": rec} if "identity" in spec else spec
+
+
 def resolve_generator(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(weights file, spec) for any of the accepted --checkpoint forms."""
+    """(weights file, spec) for any of the accepted --checkpoint forms, a Hub repo included."""
+    hub = hub_reference(path)
+    if hub is not None:
+        plain = not str(path).startswith("hf:/")  # USER/NAME: say that no local path has that name either
+        try:
+            weights = fetch_hub_generator(*hub)
+        except (FileNotFoundError, ValueError) as e:
+            shown = str(path) if plain else HUB_PREFIX + str(path).removeprefix("hf:").lstrip("/")
+            raise type(e)(f"--checkpoint {shown}: " + ("no such local path; " if plain else "") + str(e)) from None
+        return weights, _anchor_identity(read_generator_spec(weights), weights.parent, hub=True)
     path = Path(path)
     if path.is_file():
-        return path, read_generator_spec(path)
+        return path, _anchor_identity(read_generator_spec(path), path.parent, hub=False)
     for candidate in (path / GENERATOR_FILE, path / "final" / GENERATOR_FILE):
         if candidate.is_file():
             return resolve_generator(candidate)
@@ -164,7 +267,7 @@ def resolve_generator(path: str | Path) -> tuple[Path, dict[str, Any]]:
         return _checkpoint_spec(path)
     raise FileNotFoundError(
         f"--checkpoint {path}: no generator here (expected a run dir with final/{GENERATOR_FILE}, a checkpoint "
-        f"folder, or a {GENERATOR_FILE} file)"
+        f"folder, a {GENERATOR_FILE} file, or a Hub model {HUB_PREFIX}USER/NAME)"
     )
 
 

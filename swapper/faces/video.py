@@ -21,6 +21,7 @@ and counted. An error in `process` stops both threads and is raised as it is.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import threading
@@ -70,7 +71,32 @@ class EncodeOptions:
     def stream_options(self) -> dict[str, str]:
         if self.codec.startswith("libx26"):
             return {"preset": self.preset, "crf": str(self.crf)}
+        if self.codec.endswith("_nvenc"):  # constant quality on NVENC: p4 is its balanced preset
+            return {"preset": "p4", "rc": "vbr", "cq": str(max(self.crf, 1))}
         return {}
+
+
+@functools.cache
+def encoder_works(codec: str) -> bool:
+    """Whether FFmpeg can open `codec` here: PyAV's wheels list h264_nvenc, which opens only where an
+    NVIDIA driver with NVENC is installed."""
+    if codec not in av.codecs_available:
+        return False
+    try:
+        ctx = av.CodecContext.create(codec, "w")
+        ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 256, 256, "yuv420p", Fraction(1, 25)
+        ctx.open()
+    except (av.FFmpegError, ValueError, OSError):
+        return False
+    return True
+
+
+def pick_codec(requested: str, device: str) -> str:
+    """`auto`: NVENC's H.264 on a CUDA device where it opens (the x264 encode is the floor of a GPU
+    swap), else libx264; any other name is taken as given."""
+    if requested != "auto":
+        return requested
+    return "h264_nvenc" if device.startswith("cuda") and encoder_works("h264_nvenc") else "libx264"
 
 
 @dataclass(frozen=True)

@@ -34,3 +34,11 @@ def test_a_failure_while_processing_stops_the_threads_and_writes_nothing(tmp_pat
         video.transcode(tmp_path / "in.mp4", tmp_path / "out.mp4", broken, depth=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]  # no output, no temporary
     assert threading.active_count() == threads
+
+
+def test_auto_codec_takes_nvenc_only_where_it_opens():
+    assert video.pick_codec("libx264", "cuda:0") == "libx264"  # a name is taken as given
+    assert video.pick_codec("auto", "cpu") == "libx264"
+    assert video.encoder_works("libx264") and not video.encoder_works("no_such_encoder")
+    gpu_encoder = video.encoder_works("h264_nvenc")  # PyAV's wheels list it; it opens only with an NVIDIA driver
+    assert video.pick_codec("auto", "cuda:0") == ("h264_nvenc" if gpu_encoder else "libx264")
