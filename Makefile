@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.0 torchvision==0.29.0
+# MTCNN's weights ship inside this wheel; it pins torch<2.3, numpy<2 and Pillow<10.3, which only its own code
+# needs (we load its three weight files, never the package), so it goes in without its dependencies
+MTCNN_PIN := facenet-pytorch==2.6.0
 # vLLM's own venv: vLLM pins its torch/transformers, so it never shares .venv
 VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
@@ -36,7 +39,7 @@ DEMO := demo_out
 .PHONY: help install test test-all lint demo bench caption embed train publish evaluate clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS=":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS=":.*## "} {printf "  %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "python >= 3.11 needed"'
@@ -44,26 +47,43 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PINS)
+	$(PY) -m pip install -q --no-deps $(MTCNN_PIN)
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv with torch 2.14 and the project [dev] (idempotent)
 
-test: install ## run the test suite (slow tests excluded)
-	$(OFFLINE) $(PY) -m pytest -q -m "not slow" tests
+test: install ## run the test suite (slow and browser tests excluded)
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not browser" tests
 
 $(VLLM_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "python >= 3.11 needed"'
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip install -q -e '.[vllm,dev]' $(VLLM_PIN)
+	$(VLLM_PY) -m pip install -q -e '.[vllm,test]' $(VLLM_PIN)
 	touch $(VLLM_STAMP)
 
 .PHONY: test-vllm
 test-vllm: $(VLLM_STAMP) ## create .venv-vllm (vllm 0.33.0, idempotent) and run the tests marked vllm (CPU, up to the forward)
 	$(OFFLINE) $(VLLM_PY) -m pytest -q -m vllm tests
 
-test-all: install ## run every test, slow ones included
-	$(OFFLINE) $(PY) -m pytest -q tests
+test-all: install ## run every test, slow ones included (browser tests: make test-browser)
+	$(OFFLINE) $(PY) -m pytest -q -m "not browser" tests
+
+# the web page's real-browser tests: Debian's chromium and its chromedriver (one source package, matching versions)
+BROWSER_DEBS := chromium chromium-driver
+.PHONY: test-browser app
+test-browser: install ## install Debian's chromium + chromium-driver if missing (apt, as root or with sudo), run the tests marked browser
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "make test-browser: error: /usr/bin/chromium or /usr/bin/chromedriver is missing and this is not root and has no sudo: apt-get install $(BROWSER_DEBS) as root" >&2; exit 2; fi; \
+	  command -v apt-get >/dev/null || { echo "make test-browser: error: no apt-get here: install chromium and its chromedriver as /usr/bin/chromium and /usr/bin/chromedriver" >&2; exit 2; }; \
+	  echo "installing $(BROWSER_DEBS) with apt-get" >&2; \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $(BROWSER_DEBS) || exit 2; \
+	fi
+	$(OFFLINE) $(PY) -m pytest -q -m browser tests
+
+app: install ## the web page on http://127.0.0.1:7860: CKPT=RUN_DIR|hf://USER/NAME (default demo_out/run) [ARGS="--port 7861 --host 0.0.0.0"]
+	$(PY) -m swapper.app --checkpoint $(or $(CKPT),$(DEMO)/run) $(ARGS)
 
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check pipeline training swapper demo tests bench
@@ -100,3 +120,8 @@ evaluate: install ## FF++ evaluation of a swapper: CKPT= DATA=FFPP_ROOT OUT=REPO
 
 clean: ## remove demo output and caches (keeps .venv)
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
+
+.PHONY: publish-model
+publish-model: install ## publish a trained swapper as a Hub model repo: MODEL=RUN_DIR REPO=user/name [ARGS=--dry-run]
+	@test -n "$(MODEL)" -a -n "$(REPO)" || { echo "usage: make publish-model MODEL=RUN_DIR REPO=user/name"; exit 2; }
+	$(PY) -m swapper.publish_model --checkpoint $(MODEL) --repo-id $(REPO) $(ARGS)
