@@ -36,7 +36,7 @@ ARGS ?=
 DEMO := demo_out
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint demo bench caption embed train publish evaluate clean
+.PHONY: help install test test-all lint demo bench bench-gpu caption embed train publish evaluate clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS=":.*## "} {printf "  %-13s %s\n", $$1, $$2}'
@@ -94,6 +94,9 @@ demo: install ## the whole flow on synthetic data with tiny models, on CPU
 
 bench: install ## every benchmark; one JSON line each
 	@for b in bench/[!_]*.py; do echo "# $$b" >&2; $(OFFLINE) $(PY) $$b || exit 1; done
+
+bench-gpu: ## every GPU bench in one run (about 8 min on an H200); OUT=folder, WHEELS=folder; DRY=1 on CPU
+	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) bash bench/gpu.sh $(if $(OUT),--out $(OUT)) $(if $(WHEELS),--wheels $(WHEELS)) $(if $(DRY),--dry-run)
 
 caption: install ## caption INPUT into OUT: SOURCE= INPUT= OUT= MODEL= ENGINE= PROMPT= GPUS= [NNODES= ARGS=]
 	@test -n "$(INPUT)" -a -n "$(OUT)" || { echo "usage: make caption SOURCE=vggface2-hq INPUT=DIR OUT=DATASET MODEL=... GPUS=8"; exit 2; }

@@ -14,11 +14,16 @@ captions), then:
 - the whole stage (tar read, JPEG decode on threads, tokenize, encode, Parquet, stats) against a
   pure forward of the same model work on the same, already-prepared inputs (target: <= 10%);
 - the largest difference between the stage's text embeddings and open_clip's encode_text at the
-  full context.
+  full context;
+- the host's image work per core (one thread's CPU time): before (full JPEG decode, open_clip's whole
+  transform on the host, float32 out) and after (DCT-scaled draft decode, resize and crop on the host,
+  uint8 out; ToTensor + Normalize batched on the device), and what draft decoding does to the image
+  embeddings (1 - cosine to the full decode's, next to the same figure between two different images).
 
 Prints one JSON line.
 
-    python bench/embed.py [--quick] [--n 64] [--batch-size 32] [--naive 8] [--repeats 3]
+    python bench/embed.py [--quick] [--n 64] [--batch-size 32] [--naive 8] [--repeats 3] [--workers N]
+        [--image-decode auto|draft|full|device] [--device cuda]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +49,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.caption_host import make_jpeg  # noqa: E402
 from pipeline.caption import CaptionConfig  # noqa: E402
 from pipeline.caption import run as caption  # noqa: E402
-from pipeline.clip_tower import _encode_trimmed, encode_texts, load_clip, trim_padding  # noqa: E402
-from pipeline.embed import EmbedConfig, read_texts  # noqa: E402
+from pipeline.clip_tower import Clip, _encode_trimmed, encode_texts, load_clip, trim_padding  # noqa: E402
+from pipeline.embed import IMAGE_DECODES, EmbedConfig, default_workers, host_pixels, read_texts  # noqa: E402
 from pipeline.embed import run as embed  # noqa: E402
 from pipeline.engines.base import EngineInfo, Generation, Prompt  # noqa: E402
 from pipeline.shards import iter_shard  # noqa: E402
 
 SIDE = 512
+# --dry-run's model: open_clip's layout at toy width and depth (64 px input)
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 PHRASES = {
     "pose": [
         "The person is looking slightly downward and to the left.",
@@ -122,14 +134,14 @@ class ChosenCaptions:
         return [Generation(next(self.captions), "stop") for _ in images]
 
 
-def build_dataset(root: Path, n: int, shard_size: int) -> list[str]:
+def build_dataset(root: Path, n: int, shard_size: int, side: int = SIDE) -> list[str]:
     rng = np.random.default_rng(0)
     captions = [make_caption(rng) for _ in range(n)]
     inp = root / "input"
     for i in range(n):
         folder = inp / f"id{i % 8:02d}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{i:05d}.jpg").write_bytes(make_jpeg(SIDE, i, quality=95))
+        (folder / f"{i:05d}.jpg").write_bytes(make_jpeg(side, i, quality=95))
     cfg = CaptionConfig(
         source="folder", input=inp, output=root / "ds", shard_size=shard_size, engine="transformers", progress=False
     )
@@ -145,19 +157,27 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--n", type=int, default=64, help="samples")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--naive", type=int, default=8, help="captions the naive loop encodes")
-    p.add_argument("--workers", type=int, default=2, help="decode threads")
+    p.add_argument("--workers", type=int, default=None, help="decode threads (default: the stage's, its cores)")
+    p.add_argument("--image-decode", default="auto", choices=IMAGE_DECODES, help="the stage's --image-decode")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of each is kept")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dry-run", action="store_true", help="toy model and sizes: every path in seconds")
     a = p.parse_args(argv)
     n, batch, n_naive, repeats = (16, 8, 4, 2) if a.quick else (a.n, a.batch_size, a.naive, a.repeats)
+    model, side = "ViT-B-32", SIDE
+    if a.dry_run:  # every path of the bench at toy size: a 2-layer open_clip model, 128 px images
+        n, batch, n_naive, repeats, side = 8, 4, 2, 1, 128
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        build_dataset(root, n, shard_size=max(n // 2, 1))
+        build_dataset(root, n, shard_size=max(n // 2, 1), side=side)
         ds = root / "ds"
-        clip = load_clip("ViT-B-32", "none", device=a.device)
+        if a.dry_run:
+            model = str(root / "bench-tiny-clip.json")
+            Path(model).write_text(json.dumps(TINY_CLIP), encoding="utf-8")
+        clip = load_clip(model, "none", device=a.device)
         shards = sorted((ds / "shards").glob("*.tar"))
         per_shard = [[r.caption for r in read_texts(s)] for s in shards]
         captions = [c for part in per_shard for c in part]
@@ -169,9 +189,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             [clip.preprocess(Image.open(io.BytesIO(s.members["jpg"]))) for sh in shards for s in iter_shard(sh)]
         ).to(dev)  # (N, 3, 224, 224)
         cfg = EmbedConfig(
-            dataset=ds, clip_model="ViT-B-32", pretrained="none", batch_size=batch, workers=a.workers,
-            progress=False, device=a.device,
+            dataset=ds, clip_model=model, pretrained="none", batch_size=batch, workers=a.workers,
+            progress=False, device=a.device, image_decode=a.image_decode,
         )  # fmt: skip
+        jpegs = [s.members["jpg"] for sh in shards for s in iter_shard(sh)]
+        host = host_rates(jpegs, clip, repeats)
+        drift = draft_drift(jpegs[:32], clip)
         with torch.inference_mode():
             clip.model.encode_text(tokens[0][:2])  # warm-up: first-call allocations
             clip.model.encode_image(pixels[:2])
@@ -232,9 +255,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                     clip.model.encode_image(pixels[i : i + batch])
             sync()
 
+        resolved: dict[str, str] = {}
+
         def stage() -> None:  # the whole stage, model loaded: tar, decode threads, encode, Parquet, stats
             shutil.rmtree(ds / "embeddings", ignore_errors=True)
-            assert embed(cfg, clip)["rows"] == n
+            summary = embed(cfg, clip)
+            assert summary["rows"] == n
+            resolved["image_decode"] = summary["image_decode"]  # auto: draft on a fresh dataset
 
         # Interleaved rounds, best of each, in wall time and in this process's CPU time (all its
         # threads): other processes share these cores, which inflates wall time far more than CPU time.
@@ -279,7 +306,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     w, c = figures(wall), figures(cpu)
     result = {
         "bench": "embed",
-        "model": "ViT-B-32 (random weights)",
+        "model": f"{Path(model).stem} (random weights)",
+        "dry_run": a.dry_run,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
@@ -287,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "torch": torch.__version__,
         "samples": n,
         "batch_size": batch,
-        "image_side": SIDE,
+        "image_side": side,
         "caption_words_mean": round(float(np.mean([len(c.split()) for c in captions])), 1),
         "caption_tokens_mean": round(float(np.mean([clip.token_count(c) for c in captions])), 1),
         "unique_caption_fraction": round(len(set(captions)) / len(captions), 3),
@@ -300,6 +328,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "wall": w,
         "cpu": c,
         "rounds_wall_s": {k: [round(x, 2) for x in v] for k, v in wall.items()},
+        "image_decode": resolved["image_decode"],
+        "workers": cfg.workers or default_workers(),
+        "host_images_per_s_per_core": host,
+        "host_speedup_per_core": round(host["after"] / host["before"], 2),
+        "draft_embedding_drift": drift,
         "targets": {"text_speedup_vs_naive": ">= 5", "overhead_vs_pure_forward": "<= 0.10"},
         "targets_met": {
             f"{name}_{clock}": ok
@@ -312,6 +345,54 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     }
     print(json.dumps(result))
     return result
+
+
+def host_rates(jpegs: list[bytes], clip: Clip, repeats: int) -> dict[str, float]:
+    """Images/s of one core (this thread's CPU time, best of `repeats`) through the host's image work."""
+    prep = clip.image_prep()
+
+    def before(data: bytes) -> torch.Tensor:  # the stage until now: full decode, open_clip's whole transform
+        with Image.open(io.BytesIO(data)) as img:
+            return clip.preprocess(img)
+
+    ways: dict[str, Callable[[bytes], torch.Tensor]] = {
+        "before": before,
+        "full_uint8": lambda data: host_pixels(data, prep, draft=False),  # the uint8 split alone
+        "after": lambda data: host_pixels(data, prep, draft=True),  # draft decode + the uint8 split
+    }
+    best = {k: float("inf") for k in ways}
+    for _ in range(repeats):
+        for name, fn in ways.items():
+            t0 = time.thread_time()
+            for data in jpegs:
+                fn(data)
+            best[name] = min(best[name], time.thread_time() - t0)
+    # the float work the split moves to the device, here on this CPU (on a GPU it is a few microseconds)
+    batch = torch.stack([ways["after"](d) for d in jpegs])
+    t0 = time.thread_time()
+    prep.normalise(batch)
+    out = {k: round(len(jpegs) / v, 1) for k, v in best.items()}
+    out["normalise_on_cpu_images_per_s"] = round(len(jpegs) / max(time.thread_time() - t0, 1e-9), 1)
+    return out
+
+
+def draft_drift(jpegs: list[bytes], clip: Clip) -> dict[str, float]:
+    """1 - cosine between each image's embedding from the draft decode and from the full decode, with the
+    same figure between two different images as the scale (random weights: a real-architecture ViT-B-32)."""
+    prep = clip.image_prep()
+    emb = {
+        draft: clip.encode_pixels(torch.stack([host_pixels(d, prep, draft) for d in jpegs]), prep).cpu()
+        for draft in (False, True)
+    }  # (N, D) each
+    drift = 1 - (emb[False] * emb[True]).sum(-1)
+    cross = 1 - emb[False] @ emb[False].T
+    between = cross[~torch.eye(len(jpegs), dtype=torch.bool)]
+    return {
+        "draft_vs_full_mean": float(drift.mean()),
+        "draft_vs_full_max": float(drift.max()),
+        "two_images_median": float(between.median()),
+        "two_images_min": float(between.min()),
+    }
 
 
 def _phrases(caption: str) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 
@@ -70,6 +71,69 @@ class Clip:
         """(N, 3, S, S) preprocessed -> (N, D) float32, L2-normalised, on the CPU."""
         with torch.inference_mode():
             return _normalise(self.model.encode_image(pixels.to(self.device, self.input_dtype)))
+
+    def encode_pixels(self, pixels: torch.Tensor, prep: ImagePrep) -> torch.Tensor:
+        """`prep.host`'s stacked output (uint8 (N, S, S, 3), or float (N, 3, S, S) where open_clip's transform
+        cannot be split) -> (N, D) float32, L2-normalised, left on the model's device: no host sync, so the
+        caller can queue the next batch while this one runs, and copy all of them back at once."""
+        with torch.inference_mode():
+            x = prep.normalise(pixels.to(self.device, non_blocking=True))  # (N, 3, S, S) float32
+            return F.normalize(self.model.encode_image(x.to(self.input_dtype)).float(), dim=-1)
+
+    def image_prep(self) -> ImagePrep:
+        return image_prep(self.preprocess, self.model)
+
+
+@dataclass(frozen=True)
+class ImagePrep:
+    """open_clip's eval preprocessing, cut where the pixels are still uint8.
+
+    The geometric part (resize, crop, RGB) runs on the host, in the decode threads; the float conversion
+    and normalisation run on the model's device, batched. Those two are elementwise float32 operations done
+    in the same order as open_clip's ToTensor + Normalize (x / 255, - mean, / std), so the result is bit for
+    bit the same, at a quarter of the bytes to move and none of the host's float work (about 1.5 ms of a
+    5 ms image on one core here). A transform that does not end in ToTensor + Normalize is kept whole on
+    the host (`geometry` None).
+    """
+
+    geometry: Callable[[Any], Any] | None  # PIL image (or (3, H, W) uint8 tensor) -> the same type at (S, S)
+    whole: Callable[[Image.Image], torch.Tensor]  # open_clip's own transform: PIL -> (3, S, S) normalised
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: int  # the model input's largest side: decoding need not go below it
+
+    def host(self, img: Image.Image) -> torch.Tensor:
+        """PIL -> (S, S, 3) uint8, or (3, S, S) float32 normalised where the transform is kept whole."""
+        if self.geometry is None:
+            return self.whole(img)
+        out = self.geometry(img)  # RGB, (S, S)
+        w, h = out.size
+        # tobytes + frombuffer: one copy, 3x faster than np.array; bytearray keeps the tensor writable
+        return torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8).view(h, w, 3)  # (S, S, 3)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, S, S, 3) uint8 -> (N, 3, S, S) float32, exactly ToTensor + Normalize; float input passes through."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+        x = pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)  # (N, 3, S, S)
+        return x.div_(255).sub_(mean).div_(std)
+
+
+def image_prep(preprocess: Callable[[Image.Image], torch.Tensor], model: torch.nn.Module) -> ImagePrep:
+    """Split open_clip's eval transform (a Compose ending in ToTensor + Normalize) into an ImagePrep."""
+    import open_clip
+    from open_clip.transform import MaybeToTensor
+    from torchvision import transforms as T
+
+    size = open_clip.get_model_preprocess_cfg(model).get("size", 224)
+    input_size = max(size) if isinstance(size, tuple | list) else int(size)
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) >= 2 and isinstance(steps[-1], T.Normalize) and type(steps[-2]) in (T.ToTensor, MaybeToTensor):
+        norm = steps[-1]
+        return ImagePrep(T.Compose(steps[:-2]), preprocess, tuple(norm.mean), tuple(norm.std), input_size)
+    return ImagePrep(None, preprocess, (), (), input_size)
 
 
 def _trimmable(model: torch.nn.Module, tokenizer: Any) -> bool:

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.cli import parse_config, stage_main
-from pipeline.clip_tower import Clip, ClipWeightsUnavailable, encode_texts, load_clip
+from pipeline.clip_tower import Clip, ClipWeightsUnavailable, ImagePrep, encode_texts, load_clip
 from pipeline.dataset import DatasetDir, atomic_write_json, clip_tag, remove_temporaries_of
 from pipeline.distributed import my_shards, resolve_device, resolve_rank
 from pipeline.embeddings import (
@@ -41,6 +42,7 @@ from pipeline.embeddings import (
     attribute_column,
     attribute_names,
     embeddings_schema,
+    file_metadata,
     read_embeddings,
     vectors,
     write_clip_record,
@@ -49,6 +51,8 @@ from pipeline.embeddings import (
 from pipeline.shards import iter_members
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+ImageDecode = Literal["auto", "draft", "full", "device"]
+IMAGE_DECODES: tuple[str, ...] = get_args(ImageDecode)
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,11 @@ class EmbedConfig:
     batch_size: int = 256  # texts or images per forward pass
     device: str | None = None  # cpu | cuda (this process's LOCAL_RANK GPU) | auto
     precision: str = field(default="fp32", metadata={"choices": PRECISIONS})  # open_clip's mixed precision
-    workers: int = 4  # image-decoding threads, running while the model encodes
+    workers: int | None = None  # image-decoding threads; default: the cores this process may use (see default_workers)
+    image_decode: str = field(default="auto", metadata={"choices": IMAGE_DECODES})
+    # ^ auto: as this CLIP's finished shards were (a dataset never mixes two), else draft. draft: JPEGs decoded
+    # at the smallest DCT scale still >= the model's input (1 - cos to full 2e-5, bench/README.md); full;
+    # device: torchvision's decode_jpeg on --device (nvJPEG on CUDA), resized there
     # --- work split
     rank: int | None = None  # default: RANK / SLURM_PROCID
     world_size: int | None = None  # default: WORLD_SIZE / SLURM_NTASKS
@@ -73,8 +81,10 @@ class EmbedConfig:
             raise ValueError(f"--precision must be one of {PRECISIONS}")
         if self.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise ValueError("--workers must be >= 1")
+        if self.image_decode not in IMAGE_DECODES:
+            raise ValueError(f"--image-decode must be one of {IMAGE_DECODES}")
         if not self.clip_model or not self.pretrained:
             raise ValueError("--clip-model and --pretrained must not be empty (use --pretrained none for random)")
         if self.clip_model.endswith(".json") and not Path(self.clip_model).is_file():
@@ -128,9 +138,41 @@ def read_images(path: Path, image_ext: str, keys: list[str]) -> Iterator[bytes]:
         raise ValueError(f"{path.name}: sample {missing} has no .{image_ext} member")
 
 
-def _decode(data: bytes, preprocess: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+def default_workers(env: Mapping[str, str] | None = None) -> int:
+    """Decode threads: the cores this process may run on (its affinity mask, which a Slurm or cgroup allotment
+    narrows, not the machine's count), shared among the processes torchrun started on the node."""
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(env.get("LOCAL_WORLD_SIZE") or 1)))
+
+
+def host_pixels(data: bytes, prep: ImagePrep, draft: bool) -> torch.Tensor:
+    """One image through the host part of the CLIP's preprocessing (a decode thread's work)."""
     with Image.open(io.BytesIO(data)) as img:
-        return preprocess(img)  # open_clip's own resize, crop, RGB conversion and normalisation
+        if draft and img.format == "JPEG":
+            # DCT-scaled decoding: libjpeg decodes at 1/2, 1/4 or 1/8 of the size, never below the box, so
+            # the resize after it still only shrinks (512 px inputs decode at 256 for a 224 model)
+            img.draft("RGB", (prep.input_size, prep.input_size))
+        return prep.host(img)
+
+
+def device_pixels(data: list[torch.Tensor], prep: ImagePrep, device: torch.device) -> torch.Tensor:
+    """JPEG bytes decoded by torchvision on `device` (nvJPEG on CUDA) and resized there: (B, S, S, 3) uint8."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    assert prep.geometry is not None, "run() refuses device decoding for such a CLIP"
+    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # [(3, H, W) uint8]
+    return torch.stack([prep.geometry(img) for img in images]).permute(0, 2, 3, 1)  # (B, S, S, 3)
+
+
+def _jpeg_bytes(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)  # a writable copy, as decode_jpeg wants
+
+
+def _stack(items: list[torch.Tensor], pin: bool) -> torch.Tensor:
+    """One batch; page-locked when it goes to a GPU, so its copy runs asynchronously beside the compute."""
+    out = torch.empty((len(items), *items[0].shape), dtype=items[0].dtype, pin_memory=pin)
+    return torch.stack(items, out=out)
 
 
 def prefetched_batches(
@@ -174,8 +216,10 @@ def process_shard(
     cfg: EmbedConfig,
     clip: Clip,
     pool: ThreadPoolExecutor,
+    decode: str,
     bar: tqdm | None = None,
 ) -> dict[str, Any]:
+    """Embed shard `index`; `decode` is the resolved --image-decode (never auto)."""
     start = time.perf_counter()
     shard = ds.shard_path(plan["name"], index)
     image_ext = plan.get("fingerprint", {}).get("image_format", "jpg")
@@ -191,25 +235,27 @@ def process_shard(
             raise ValueError(f"{shard.name}: sample {r.key} has attributes {r.attributes!r}, expected fields {attrs}")
 
     # Start decoding images on the threads now, so they are ready when the texts are encoded.
-    pixels = prefetched_batches(
-        pool,
-        lambda data: _decode(data, clip.preprocess),
-        read_images(shard, image_ext, [r.key for r in records]),
-        cfg.batch_size,
+    prep = clip.image_prep()
+    host: Callable[[bytes], torch.Tensor] = (
+        _jpeg_bytes if decode == "device" else (lambda data: host_pixels(data, prep, decode == "draft"))
     )
+    pixels = prefetched_batches(pool, host, read_images(shard, image_ext, [r.key for r in records]), cfg.batch_size)
 
     # Every distinct text (captions, and attribute values with --attributes) is encoded once.
     texts = encode_texts(
         clip, (t for r in records for t in [r.caption, *((r.attributes or {})[a] for a in attrs)]), cfg.batch_size
     )
 
-    image_emb = np.zeros((len(records), clip.embed_dim), dtype=np.float32)  # (N, D)
-    done = 0
+    # Batches stay in flight: each one's copy and forward are queued without waiting for the last (no host
+    # sync until the whole shard's embeddings come back together).
+    pin = clip.device.type == "cuda"
+    outs = []
     for batch in pixels:
-        image_emb[done : done + len(batch)] = clip.encode_image(torch.stack(batch)).numpy()  # (B, 3, S, S)
-        done += len(batch)
+        x = device_pixels(batch, prep, clip.device) if decode == "device" else _stack(batch, pin)  # (B, S, S, 3)
+        outs.append(clip.encode_pixels(x, prep))  # (B, D) on the device
         if bar is not None:
             bar.update(len(batch))
+    image_emb = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, clip.embed_dim), np.float32)  # (N, D)
 
     t = texts.lookup([r.caption for r in records])  # (N, D)
     # Cosine of the stored (float16) vectors, so it matches what a reader recomputes from them.
@@ -241,6 +287,7 @@ def process_shard(
         "context_length": str(clip.context_length),
         "attributes": json.dumps(attrs),
         "shard_file": shard.name,
+        "image_decode": decode,  # draft, full and device decoding give slightly different pixels
     }
     out = ds.embeddings_path(cfg.tag, index)
     write_embeddings(out, embeddings_schema(clip.embed_dim, attrs, metadata), columns)
@@ -261,7 +308,7 @@ def process_shard(
         else {},
         "text_image_sim": _ranked(sim.tolist()),
         "attributes": attr_stats,
-        **{k: metadata[k] for k in ("clip_tag", "clip_model", "clip_pretrained", "precision")},
+        **{k: metadata[k] for k in ("clip_tag", "clip_model", "clip_pretrained", "precision", "image_decode")},
         "embed_dim": clip.embed_dim,
         "context_length": clip.context_length,
         "seconds": round(seconds, 3),
@@ -287,6 +334,37 @@ def done_reason(ds: DatasetDir, cfg: EmbedConfig, index: int, attrs: list[str]) 
     except EmbeddingsInvalid as e:
         return str(e)
     return None
+
+
+def recorded_decodes(ds: DatasetDir, tag: str) -> dict[str, str]:
+    """{parquet name: its image_decode} of this CLIP's finished shards (files from before the field: full)."""
+    found = {}
+    for stats in sorted((ds.embeddings_dir(tag) / "stats").glob("[0-9]*.json")):
+        path = ds.embeddings_dir(tag) / f"{stats.stem}.parquet"
+        try:
+            found[path.name] = file_metadata(path).get("image_decode", "full")
+        except (FileNotFoundError, EmbeddingsInvalid):
+            continue  # damaged or gone: redone anyway
+    return found
+
+
+def resolve_decode(cfg: EmbedConfig, ds: DatasetDir) -> str:
+    """The decoding this run uses: one per dataset and CLIP, so that a resumed run never mixes two."""
+    found = recorded_decodes(ds, cfg.tag)
+    modes = sorted(set(found.values()))
+    wanted = cfg.image_decode
+    if wanted == "auto" and len(modes) <= 1:
+        return modes[0] if modes else "draft"
+    if wanted != "auto" and modes in ([], [wanted]):
+        return wanted
+    folder = ds.embeddings_dir(cfg.tag)
+    shown = ", ".join(f"{name}: {mode}" for name, mode in list(found.items())[:4]) + (" ..." if len(found) > 4 else "")
+    follow = f"rerun with --image-decode {modes[0]} (or auto, which follows them), or " if len(modes) == 1 else ""
+    raise ValueError(
+        f"{folder} holds shards embedded with --image-decode {' and '.join(modes)} ({shown}); this run asks for "
+        f"{wanted}. Their pixels differ slightly, so one dataset never mixes them: {follow}delete {folder} to "
+        "embed everything again"
+    )
 
 
 def run(cfg: EmbedConfig, clip: Clip | None = None) -> dict[str, Any]:
@@ -331,12 +409,18 @@ def run(cfg: EmbedConfig, clip: Clip | None = None) -> dict[str, Any]:
         "seconds": 0.0,
     }
     write_clip_record(ds, cfg.tag, cfg.clip_model, cfg.pretrained)  # even when every shard is done: old runs
+    decode = resolve_decode(cfg, ds)  # before the model loads: a conflict is refused at once
+    summary["image_decode"] = decode
     if not todo:
         return summary
+    if decode == "device" and plan.get("fingerprint", {}).get("image_format", "jpg") != "jpg":
+        raise ValueError("--image-decode device decodes JPEG datasets only; use draft or full")
     if clip is None:
         clip = load_clip(cfg.clip_model, cfg.pretrained, resolve_device(cfg.device), cfg.precision)
     elif clip_tag(clip.name, clip.pretrained) != cfg.tag:
         raise ValueError(f"the model given is {clip_tag(clip.name, clip.pretrained)}, the config asks for {cfg.tag}")
+    if decode == "device" and clip.image_prep().geometry is None:
+        raise ValueError("--image-decode device needs a CLIP whose transform ends in ToTensor + Normalize")
     start = time.perf_counter()
     total = sum(ds.load_stats(i)["ok"] for i in todo)
     bar = tqdm(
@@ -348,10 +432,10 @@ def run(cfg: EmbedConfig, clip: Clip | None = None) -> dict[str, Any]:
         dynamic_ncols=True,
     )
     try:
-        with ThreadPoolExecutor(cfg.workers, thread_name_prefix="decode") as pool:
+        with ThreadPoolExecutor(cfg.workers or default_workers(), thread_name_prefix="decode") as pool:
             for index in todo:
                 remove_temporaries_of(ds.embeddings_path(cfg.tag, index), embed_stats_path(ds, cfg.tag, index))
-                stats = process_shard(index, ds, plan, cfg, clip, pool, bar)
+                stats = process_shard(index, ds, plan, cfg, clip, pool, decode, bar)
                 summary["done_now"] += 1
                 summary["rows"] += stats["rows"]
                 summary["truncated"] += stats["truncated"]

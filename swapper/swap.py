@@ -27,7 +27,8 @@ A target with no face is written unchanged and counted; a file or frame that can
 reported and counted and the run goes on; a run that swapped no face at all exits 2. `--checkpoint`
 is anything training.artifact loads: a run directory, its `final/`, a checkpoint folder, a
 `generator.safetensors`, or a Hub model repo `hf://USER/NAME[@REVISION]` (plain `USER/NAME` when no
-such local path exists) that `swapper.publish_model` wrote, fetched into the Hugging Face cache. The crop convention and the landmarks format are in docs/faces.md.
+such local path exists) that `swapper.publish_model` wrote, fetched into the Hugging Face cache.
+The crop convention and the landmarks format are in docs/faces.md.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ AdvLoss = Literal["lsgan", "hinge"]  # the adversarial loss: LSGAN (MSE, officia
 RecMode = Literal["forward", "self_pairs"]  # reconstruction: an extra G(x_t, E_id(x_t)) pass, or self pairs
 Reduction = Literal["mean", "official"]  # one mean over all rows, or the official per-direction sums
 MaskRegion = Literal["inner_face", "face_hair"]  # what a label-map mask lets the swap repaint (training.batch)
+CompileMode = Literal["none", "default", "max-autotune-no-cudagraphs"]  # torch.compile modes for training
+AdamImpl = Literal["auto", "fused", "foreach", "for-loop"]  # torch.optim.AdamW's implementations
 PAIR_KINDS = ("random", "same_identity", "self")
 PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb")
@@ -158,6 +160,13 @@ class TrainConfig:
     mixed_precision: str = "no"  # no (fp32, official) | fp16 | bf16 (Accelerate autocast; fp16 adds loss scaling)
     ema_decay: float = 0.0  # EMA of the generator's weights (exported at the end); 0 (official) disables
 
+    # --- speed and memory (none changes what is trained; bench/train_step.py measures them)
+    grad_checkpointing: bool = False  # recompute G's activations in backward: ~0.1x G's activation memory, +1 G forward
+    channels_last: bool = False  # G and D in channels-last memory: tensor-core convolutions without layout copies
+    compile: CompileMode = "none"  # torch.compile G and D; the first steps compile (TORCHINDUCTOR_CACHE_DIR keeps it)
+    adam: AdamImpl = "auto"  # AdamW kernels: auto (fused on CUDA, PyTorch's default elsewhere) | fused | foreach | ...
+    finite_check_every: int = 50  # steps between NaN/Inf checks (one host sync each); checkpoints always check first
+
     # --- logging and checkpoints
     log_every: int = 50  # steps between metric lines (TensorBoard + stats.jsonl)
     sample_every: int = 2000  # steps between sample grids (source | target | swap) in RUN_DIR/samples
@@ -177,7 +186,8 @@ class TrainConfig:
         for name in ("max_steps", "image_size", "batch_size", "grad_accum_steps", "lr_step", "vgg_input_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "shuffle_buffer"):
+        for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "shuffle_buffer",
+                     "finite_check_every"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0 or self.num_samples < 0:
@@ -213,6 +223,9 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if set(self.trackers) - set(TRACKERS):
             raise ValueError(f"trackers must be among {TRACKERS}, got {self.trackers}")
+        for name, kind in (("compile", CompileMode), ("adam", AdamImpl)):
+            if getattr(self, name) not in get_args(kind):
+                raise ValueError(f"{name} must be one of {get_args(kind)}, got {getattr(self, name)!r}")
 
     @property
     def pair_rates(self) -> dict[str, float]:

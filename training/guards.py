@@ -9,39 +9,94 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from torch import Tensor
 
 from pipeline.reader import FaceReader
 from training.config import TrainConfig
 from training.losses import LossOutput
+from training.run_log import Every
 
 
 class NonFiniteLoss(RuntimeError):
     """A NaN or Inf loss or gradient norm: training stops, the last good checkpoint is kept."""
 
 
-def check_finite(accelerator: Accelerator, out: LossOutput, step: int, last_ckpt: Path | None) -> None:
-    """Stop every rank together on a NaN/Inf loss, naming the step and the terms, before backward."""
-    bad = (~torch.isfinite(out.total.detach().float())).float().reshape(1)
-    if accelerator.reduce(bad, reduction="sum").item() == 0:
-        return
-    terms = [f"{k}={v.item():g}" for k, v in out.terms.items() if not torch.isfinite(v).all()]
-    reports = gather_object([(accelerator.process_index, terms)])
-    where = "; ".join(f"rank {r}: {', '.join(t) or 'total only'}" for r, t in reports if t)
-    raise NonFiniteLoss(
-        f"non-finite loss at step {step + 1}: {where}. Training stopped, nothing of this step was saved; "
-        f"the last good checkpoint is {last_ckpt or 'none (no checkpoint was written yet)'} "
-        "(continue from it with --resume once the cause is fixed: data, learning rate, mixed precision)"
-    )
+class FiniteGuard:
+    """Stops every rank together on a NaN/Inf loss or gradient norm, without a host sync in every step.
 
+    Reading a loss on the host (`.item()`) waits for the GPU to finish the step so far, and the CPU can then
+    queue nothing ahead of it. Instead each phase records on the device, per named value, the first step
+    where it was not finite (a few scalar kernels queued with the step's own), and `maybe_check` reads them
+    all in one collective every `finite_check_every` steps, before every checkpoint and at the last step.
 
-def check_grad(norm: torch.Tensor | None, net: str, step: int, cfg: TrainConfig, last_ckpt: Path | None) -> None:
-    # fp16 overflows are expected and skipped by the loss scaler; elsewhere a NaN/Inf gradient is fatal
-    if norm is None or cfg.mixed_precision == "fp16" or math.isfinite(float(norm)):
-        return
-    raise NonFiniteLoss(
-        f"non-finite gradient norm of {net} at step {step + 1} ({float(norm)}). Training stopped before "
-        f"{net}'s update; the last good checkpoint is {last_ckpt or 'none (no checkpoint was written yet)'}"
-    )
+    The trade-off: a bad step is found up to `finite_check_every - 1` steps late, and those steps' updates
+    (NaN weights and optimiser state) are wasted compute; but nothing non-finite is ever saved, since every
+    checkpoint (and the final export) checks first, and the message still names the first bad step and its
+    terms. `finite_check_every: 1` checks after every step (one sync per step, not one per phase as before).
+    Gradient norms are not checked under fp16, where the loss scaler skips the overflowing steps itself.
+    """
+
+    def __init__(self, accelerator: Accelerator, cfg: TrainConfig) -> None:
+        self.accelerator = accelerator
+        self.every = Every(cfg.finite_check_every, cfg.max_steps)
+        self.saves = Every(cfg.checkpoint_every, cfg.max_steps)  # never save what was not checked
+        self.grads = cfg.mixed_precision != "fp16"
+        self.first: dict[tuple[str, ...], Tensor] = {}  # names -> (N,) first non-finite step (1-based), inf if none
+        self.value: dict[tuple[str, ...], Tensor] = {}  # names -> (N,) the value at that step
+
+    def add_loss(self, out: LossOutput, step: int) -> None:
+        """The phase's terms ("Loss/<phase>/total" among them) at 0-based `step`, recorded on the device."""
+        self._add(out.terms, step)
+
+    def add_grad_norm(self, norm: Tensor | None, net: str, step: int) -> None:
+        if norm is not None and self.grads:
+            self._add({f"Grad/{net}_norm": norm}, step)
+
+    def _add(self, named: dict[str, Tensor], step: int) -> None:
+        names = tuple(named)
+        values = torch.stack([v.detach().float().reshape(()) for v in named.values()])  # (N,)
+        first = self.first.get(names)
+        if first is None:
+            first, self.value[names] = torch.full_like(values, math.inf), torch.zeros_like(values)
+        new = ~torch.isfinite(values) & torch.isinf(first)  # not finite now, and for the first time
+        self.first[names] = torch.where(new, float(step + 1), first)
+        self.value[names] = torch.where(new, values, self.value[names])
+
+    def maybe_check(self, step: int, last_ckpt: Path | None) -> None:
+        """After optimiser step `step` (1-based), on every rank: raise NonFiniteLoss if any rank saw one."""
+        if not (self.every.due(step) or self.saves.due(step)):
+            return
+        firsts = [f.min() for f in self.first.values()]
+        local = torch.stack(firsts).min() if firsts else torch.tensor(math.inf, device=self.accelerator.device)
+        if math.isinf(float(self.accelerator.gather(local.reshape(1)).min())):  # the one host sync
+            return
+        mine = [
+            (int(s), name, v)
+            for names, first in self.first.items()
+            for name, s, v in zip(names, first.tolist(), self.value[names].tolist(), strict=True)
+            if math.isfinite(s)
+        ]
+        reports = gather_object([(self.accelerator.process_index, mine)])
+        bad = min(s for _, found in reports for s, _, _ in found)
+        at = [(rank, name, v) for rank, found in reports for s, name, v in found if s == bad]
+        late = f"found after step {step} (checks run every {self.every.period} steps and before each checkpoint); "
+        tail = (
+            f"{late if bad != step else ''}nothing after step {bad - 1} was saved; the last good checkpoint is "
+            f"{last_ckpt or 'none (no checkpoint was written yet)'}"
+        )
+        losses = [(rank, name, v) for rank, name, v in at if not name.startswith("Grad/")]
+        if losses:
+            terms = {r: [f"{n}={v:g}" for rr, n, v in losses if rr == r] for r, _, _ in losses}
+            where = "; ".join(f"rank {r}: {', '.join(t)}" for r, t in sorted(terms.items()))
+            raise NonFiniteLoss(
+                f"non-finite loss at step {bad}: {where}. Training stopped: {tail} (continue from it with --resume "
+                "once the cause is fixed: data, learning rate, mixed precision)"
+            )
+        rank, name, v = at[0]
+        raise NonFiniteLoss(
+            f"non-finite gradient norm of {name.removeprefix('Grad/').removesuffix('_norm')} at step {bad} ({v}, "
+            f"rank {rank}). Training stopped: {tail}"
+        )
 
 
 def check_enough_data(reader: FaceReader, cfg: TrainConfig, world: int) -> None:

@@ -44,9 +44,10 @@ from training.config import TrainConfig, load_config
 from training.data import BatchStream, Position, draw_pairing, make_swap_batch, reader_config, step_rng
 from training.ema import EMA
 from training.frozen import build_frozen
-from training.guards import NonFiniteLoss, check_enough_data, check_finite, check_grad
+from training.guards import FiniteGuard, NonFiniteLoss, check_enough_data
 from training.losses import AlphaFaceLoss
 from training.models import build_discriminator, build_generator
+from training.models.generator import channels_last_batch_limit
 from training.models.weights import MissingWeights
 from training.run_log import MetricLog, SampleWriter, hparams, truncate_stats, write_config
 
@@ -134,6 +135,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
     bar = tqdm(total=cfg.max_steps, initial=step, unit="step", disable=not (main and cfg.progress), dynamic_ncols=True)
     log = MetricLog(accelerator, cfg, run_dir, bar, built.schedulers)
     samples = SampleWriter(accelerator, cfg, run_dir, built.G_raw, built.ema, built.identity)
+    guard = FiniteGuard(accelerator, cfg)
     step_times: list[float] = []
     for phase in built.phases:
         phase.net.train()
@@ -143,7 +145,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
             for micro in range(cfg.grad_accum_steps):
                 batch = _next_batch(cfg, accelerator, stream, step, micro, samples, log)
                 with accelerator.accumulate(*(phase.net for phase in built.phases)):  # syncs on the last micro-step
-                    _micro_step(cfg, accelerator, built, batch, step, checkpointer.last, log)
+                    _micro_step(cfg, accelerator, built, batch, step, guard, log)
             for phase in built.phases:
                 if phase.runs_at(step):
                     phase.sched.step()  # D's schedule, like D, only counts its own steps (official)
@@ -152,7 +154,9 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, resume: bo
                 built.ema.update(built.G_raw, step)
             step_times.append(time.perf_counter() - t0)
             bar.update(1)
-            # periodic jobs, each on its own cadence (collectives on every rank, writes on main)
+            # periodic jobs, each on its own cadence (collectives on every rank, writes on main); the NaN/Inf
+            # check first, so that nothing non-finite is saved
+            guard.maybe_check(step, checkpointer.last)
             log.maybe_log(step, stream.position.epoch)
             if main:
                 samples.maybe_write(step)
@@ -193,12 +197,19 @@ def _build(cfg: TrainConfig, accelerator: Accelerator, start_ckpt: Path | None) 
         _init_generator(G, cfg.init_from)
     D = build_discriminator(**{"image_size": cfg.image_size, **cfg.discriminator})
     identity, clip, vgg = build_frozen(cfg)
-    opt_g = torch.optim.AdamW(G.parameters(), lr=cfg.lr_g, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.AdamW(D.parameters(), lr=cfg.lr_d, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    G.set_grad_checkpointing(cfg.grad_checkpointing)
+    if cfg.channels_last:
+        _check_channels_last(cfg, G)
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    opt_g = _adamw(G, cfg.lr_g, cfg, accelerator.device)
+    opt_d = _adamw(D, cfg.lr_d, cfg, accelerator.device)
     sched_g = torch.optim.lr_scheduler.StepLR(opt_g, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     sched_d = torch.optim.lr_scheduler.StepLR(opt_d, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     G, D, opt_g, opt_d, sched_g, sched_d = accelerator.prepare(G, D, opt_g, opt_d, sched_g, sched_d)
     G_raw, D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
+    if cfg.compile != "none":  # in place (nn.Module.compile): the DDP wrapper, state dicts and EMA are unchanged
+        G_raw.compile(mode=cfg.compile)
+        D_raw.compile(mode=cfg.compile)
     ema = EMA(G_raw, cfg.ema_decay).to(accelerator.device) if cfg.ema_decay > 0 else None
     # Two views of one loss: the G phase calls the bare D (no DDP hooks; its parameters are frozen
     # for that phase), the D phase the DDP-wrapped one, whose gradients are averaged over ranks.
@@ -208,6 +219,28 @@ def _build(cfg: TrainConfig, accelerator: Accelerator, start_ckpt: Path | None) 
     if cfg.loss.adv_weight:  # D runs (and its StepLR counts) only where the loss says D is active
         phases.append(Phase("D", loss_d, D, opt_d, sched_d, loss_g.d_active))
     return Built(G, G_raw, D_raw, ema, identity, phases, {"G": sched_g, "D": sched_d})
+
+
+def _adamw(net: nn.Module, lr: float, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with `cfg.adam`'s kernels. auto: fused (one kernel for all parameters) on CUDA; elsewhere
+    PyTorch's own default, so CPU runs keep their exact arithmetic (and resume bit for bit)."""
+    impl = "fused" if cfg.adam == "auto" and device.type == "cuda" else cfg.adam
+    kernels = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}.get(impl, {})
+    return torch.optim.AdamW(net.parameters(), lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **kernels)
+
+
+def _check_channels_last(cfg: TrainConfig, G: nn.Module) -> None:
+    """Channels-last CUDA kernels index some outputs with 32-bit integers (the bilinear upsample): refuse a
+    batch whose largest generator activation would reach 2**31 elements (the official network: 64 rows)."""
+    rows = cfg.batch_size * (2 if cfg.both_directions else 1)  # the rows of one generator call
+    limit = channels_last_batch_limit(G.config, cfg.image_size)
+    if rows > limit:
+        raise ValueError(
+            f"channels_last: a generator call of {rows} rows (batch_size {cfg.batch_size}"
+            f"{' x 2 directions' if cfg.both_directions else ''}) exceeds the {limit} rows whose activations "
+            "fit 32-bit indexing in channels-last CUDA kernels; lower batch_size (use grad_accum_steps) or "
+            "set channels_last: false"
+        )
 
 
 def _resume(
@@ -257,11 +290,11 @@ def _micro_step(
     built: Built,
     batch: Any,
     step: int,
-    last_ckpt: Path | None,
+    guard: FiniteGuard,
     log: MetricLog,
 ) -> None:
     """Each phase that runs at `step`, in order: loss, backward, clip, optimiser step. The D phase judges
-    the G phase's (detached) swaps."""
+    the G phase's (detached) swaps. Nothing here waits for the device (`guard` records, it checks later)."""
     fake = None
     for phase in built.phases:
         if not phase.runs_at(step):
@@ -269,11 +302,11 @@ def _micro_step(
         built.D_raw.requires_grad_(phase.name == "D")  # the G phase's adversarial term must not train D
         with accelerator.autocast():
             out = phase.loss(phase.name, batch, step, fake=fake)
-        check_finite(accelerator, out, step, last_ckpt)
+        guard.add_loss(out, step)
         accelerator.backward(out.total)
         if accelerator.sync_gradients and cfg.grad_clip:
             norm = accelerator.clip_grad_norm_(phase.net.parameters(), cfg.grad_clip)
-            check_grad(norm, phase.name, step, cfg, last_ckpt)
+            guard.add_grad_norm(norm, phase.name, step)
             log.add({f"Grad/{phase.name}_norm": norm})
         phase.opt.step()
         phase.opt.zero_grad(set_to_none=True)

@@ -27,10 +27,10 @@ from PIL import Image
 
 from pipeline.clip_tower import _encode_trimmed, _trimmable, load_clip
 from pipeline.dataset import DatasetDir, atomic_write_json, clip_tag
-from pipeline.embed import EmbedConfig, main, run
+from pipeline.embed import EmbedConfig, default_workers, host_pixels, main, run
 from pipeline.prompts import ATTRIBUTES
 from pipeline.shards import iter_shard
-from tests.pipeline.shard_builders import LONG_CAPTION, TINY_CLIP, make_dataset
+from tests.pipeline.shard_builders import LONG_CAPTION, TINY_CLIP, jpeg, make_dataset, write_tiny_clip_config
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = clip_tag("embed-test-clip.json", "embed-test-clip.pt")
@@ -322,3 +322,120 @@ def test_a_shard_where_every_input_failed_gets_an_empty_file(tmp_path, embed_cli
     table = _table(ds, 0)
     assert table.num_rows == 0 and table.schema.field("text_emb").type.list_size == 32
     assert main(_args(ds, embed_clip))["skipped_done"] == 2
+
+
+# ---------------------------------------------------------------- image decoding (docs: bench/README.md, embed)
+
+
+def _image_reference(ds: DatasetDir, clip: tuple[Path, Path], index: int, draft: bool) -> np.ndarray:
+    """open_clip's own encode_image of the shard's images: PIL's full decode, or libjpeg's DCT-scaled one."""
+    config, ckpt = clip
+    open_clip.add_model_config(config)
+    model, _, preprocess = open_clip.create_model_and_transforms("embed-test-clip", pretrained=str(ckpt))
+    model.eval()
+    pixels = []
+    for s in iter_shard(ds.shard_path("vggface2-hq", index)):
+        img = Image.open(io.BytesIO(s.members["jpg"]))
+        if draft:
+            img.draft("RGB", (64, 64))  # the tiny model's input side
+        pixels.append(preprocess(img))
+    with torch.no_grad():
+        return model.encode_image(torch.stack(pixels), normalize=True).numpy()
+
+
+def test_host_and_device_split_is_open_clips_transform_bit_for_bit(tmp_path):
+    # uint8 on the host, ToTensor + Normalize on the device, batched: the same float32 operations in the same order
+    clip = load_clip(str(write_tiny_clip_config(tmp_path / "split-clip.json")), "none")
+    prep = clip.image_prep()
+    assert prep.geometry is not None and prep.input_size == 64
+    rgb = Image.open(io.BytesIO(jpeg(3, 150)))
+    gray = rgb.convert("L")  # converted to RGB by the host part, as open_clip does
+    wide = rgb.resize((150, 90))  # shortest side, then the centre crop
+    for img in (rgb, gray, wide):
+        host = prep.host(img)
+        assert host.dtype == torch.uint8 and host.shape == (64, 64, 3)
+        assert torch.equal(prep.normalise(host[None]), clip.preprocess(img)[None])
+
+
+def test_draft_decoding_shrinks_large_jpegs_only_and_stays_close(tmp_path):
+    clip = load_clip(str(write_tiny_clip_config(tmp_path / "draft-clip.json")), "none")
+    prep = clip.image_prep()
+    small, large = jpeg(5, 80), jpeg(5, 160)
+    # 80 px cannot halve without going below 64: draft changes nothing there
+    assert torch.equal(host_pixels(small, prep, draft=True), host_pixels(small, prep, draft=False))
+    draft, full = host_pixels(large, prep, draft=True), host_pixels(large, prep, draft=False)
+    assert not torch.equal(draft, full)  # decoded at 80 px, not 160: other pixels
+    assert (draft.float() - full.float()).abs().mean() < 3  # grey levels: the same picture
+    with Image.open(io.BytesIO(large)) as img:
+        img.draft("RGB", (64, 64))
+        assert img.size == (80, 80)  # the DCT scale stops at the model's side, never below
+
+
+def test_decoding_is_recorded_and_a_dataset_never_mixes_two(tmp_path, embed_clip):
+    captions = [["a", "b", "c"], ["d", "e"]]
+    ds = make_dataset(tmp_path / "ds", captions, image_size=160)  # large enough for a DCT scale of 1/2
+    summary = main(_args(ds, embed_clip, "--image-decode", "full"))
+    assert summary["image_decode"] == "full"
+    meta = _table(ds, 0).schema.metadata
+    assert meta[b"image_decode"] == b"full"
+    np.testing.assert_allclose(_vectors(_table(ds, 0), "image_emb"), _image_reference(ds, embed_clip, 0, False),
+                               atol=F16_ATOL)  # fmt: skip
+    full = _snapshot(ds)
+    # another decoding on a dataset with finished shards is refused, before anything is written
+    with pytest.raises(SystemExit, match=r"embedded with --image-decode full .*asks for draft.*never mixes"):
+        main(_args(ds, embed_clip, "--image-decode", "draft"))
+    # auto (the default) follows the finished shards: a lost shard comes back as it was
+    ds.embeddings_path(TAG, 1).unlink()
+    summary = main(_args(ds, embed_clip))
+    assert summary["image_decode"] == "full" and summary["done_now"] == 1
+    assert _snapshot(ds) == full
+    # files from before the field was written were decoded in full
+    path = ds.embeddings_path(TAG, 0)
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({k: v for k, v in meta.items() if k != b"image_decode"}), path)
+    with pytest.raises(SystemExit, match=r"000000.parquet: full"):
+        main(_args(ds, embed_clip, "--image-decode", "draft"))
+
+    # a new dataset: auto means draft, recorded, and each image is open_clip's on the DCT-scaled decode
+    fresh = make_dataset(tmp_path / "fresh", captions, image_size=160)
+    summary = main(_args(fresh, embed_clip))
+    assert summary["image_decode"] == "draft"
+    assert _table(fresh, 1).schema.metadata[b"image_decode"] == b"draft"
+    assert json.loads((fresh.embeddings_dir(TAG) / "stats" / "000001.json").read_text())["image_decode"] == "draft"
+    for index in range(2):
+        got = _vectors(_table(fresh, index), "image_emb")
+        np.testing.assert_allclose(got, _image_reference(fresh, embed_clip, index, True), atol=F16_ATOL)
+        assert np.abs(got - _vectors(_table(ds, index), "image_emb")).max() > F16_ATOL  # not the full decode
+
+
+def test_device_decoding_on_the_cpu_is_close_to_pillows(tmp_path, embed_clip):
+    # torchvision's decode_jpeg and tensor resize: the CUDA path's code, run on the CPU
+    ds = make_dataset(tmp_path / "ds", [["a", "b", "c"]], image_size=160)
+    assert main(_args(ds, embed_clip, "--image-decode", "device"))["image_decode"] == "device"
+    table = _table(ds, 0)
+    assert table.schema.metadata[b"image_decode"] == b"device"
+    got, full = _vectors(table, "image_emb"), _image_reference(ds, embed_clip, 0, False)
+    assert ((got * full).sum(-1) > 0.999).all()  # the same pictures, resized by another implementation
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG)")
+def test_nvjpeg_decoding_matches_the_cpu_decode(tmp_path):
+    from pipeline.embed import device_pixels
+
+    clip = load_clip(str(write_tiny_clip_config(tmp_path / "gpu-clip.json")), "none")
+    prep = clip.image_prep()
+    data = [torch.frombuffer(bytearray(jpeg(i, 160)), dtype=torch.uint8) for i in range(4)]
+    gpu = device_pixels(data, prep, torch.device("cuda")).cpu()
+    cpu = device_pixels(data, prep, torch.device("cpu"))
+    assert gpu.shape == cpu.shape == (4, 64, 64, 3)
+    assert (gpu.float() - cpu.float()).abs().mean() < 2  # nvJPEG's IDCT is not libjpeg-turbo's, bit for bit
+
+
+def test_decode_workers_default_to_this_process_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))  # e.g. a Slurm allotment
+    assert default_workers({}) == 12
+    assert default_workers({"LOCAL_WORLD_SIZE": "4"}) == 3  # torchrun: the node's processes share them
+    assert default_workers({"LOCAL_WORLD_SIZE": "16"}) == 1
+    assert EmbedConfig(dataset=Path("x")).workers is None
+    with pytest.raises(ValueError, match="image-decode"):
+        EmbedConfig(dataset=Path("x"), image_decode="gpu")

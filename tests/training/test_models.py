@@ -20,6 +20,7 @@ from training.models import (
     build_iresnet,
     load_iresnet,
 )
+from training.models.generator import channels_last_batch_limit, compiled_for_inference, largest_activation
 
 # ---------------------------------------------------------------------------------------------
 # IResNet / identity encoder
@@ -297,3 +298,59 @@ def test_discriminator_patch_logits() -> None:
 def test_tiny_identity_helper_is_frozen() -> None:
     enc = make_tiny_identity()
     assert not any(p.requires_grad for p in enc.parameters()) and not enc.training
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixed-shape inference (compiled_for_inference) and the channels-last batch limit
+
+
+def _swap_inputs(batch: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(batch)
+    return torch.rand(batch, 3, size, size, generator=g), F.normalize(torch.randn(batch, 512, generator=g), dim=1)
+
+
+def test_compiled_inference_is_the_eager_forward_whole_graph():
+    # aot_eager runs the graph torch.compile captures (fullgraph: a break would raise) without inductor's
+    # C++ build, which takes minutes on these CPUs (the inductor test below is marked slow)
+    torch.manual_seed(0)
+    G = build_generator("tiny")
+    assert compiled_for_inference(G, "eager") is G
+    fn = compiled_for_inference(G, "default", backend="aot_eager")
+    with torch.inference_mode():
+        for batch in (1, 3, 1):  # one graph per shape (dynamic=False), reused
+            target, z = _swap_inputs(batch)
+            torch.testing.assert_close(fn(target, z), G(target, z), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        compiled_for_inference(G, "fastest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="CUDA device"):
+        compiled_for_inference(G, "cuda-graph")(*_swap_inputs(1))
+
+
+@pytest.mark.slow
+def test_inductor_compiled_inference_matches_eager():
+    torch.manual_seed(0)
+    G = build_generator("tiny")
+    fn = compiled_for_inference(G, "default")
+    with torch.inference_mode():
+        target, z = _swap_inputs(2)
+        torch.testing.assert_close(fn(target, z), G(target, z), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_inference_matches_eager_and_keeps_each_result():
+    torch.manual_seed(0)
+    G = build_generator("tiny").cuda()
+    fn = compiled_for_inference(G, "cuda-graph")
+    with torch.inference_mode():
+        a, b = (tuple(t.cuda() for t in _swap_inputs(n)) for n in (2, 2))
+        out_a, out_b = fn(*a), fn(*b)  # the second replay does not overwrite the first result
+        torch.testing.assert_close(out_a, G(*a), rtol=0, atol=1e-5)
+        torch.testing.assert_close(out_b, G(*b), rtol=0, atol=1e-5)
+
+
+def test_largest_activation_is_the_upsampled_decoder_map():
+    # official: the second x2 upsample holds 512 channels at 256 x 256, 2**25 elements per image; a batch of 64
+    # is 2**31 elements, past what the channels-last bilinear upsample indexes (the bench crash of issue 22)
+    assert largest_activation(GENERATOR_PRESETS["alphaface"]) == 512 * 256 * 256
+    assert channels_last_batch_limit(GENERATOR_PRESETS["alphaface"]) == 63
+    assert largest_activation(GENERATOR_PRESETS["alphaface"], 128) == 512 * 128 * 128

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 CAIIMode = Literal["official", "bidirectional"]
 CAII_MODES: tuple[str, ...] = get_args(CAIIMode)
@@ -271,20 +273,48 @@ class Generator(nn.Module):
             for _ in range(config.num_caii_blocks)
         )
         self.decoder = _decoder(config)
+        self.grad_checkpointing = False  # a training-time memory option, not part of the network (no weights)
 
     def extra_repr(self) -> str:
         c = self.config
         return f"caii={c.num_caii_blocks}x{c.caii_channels}@1/{c.stride}, mode={c.caii_mode}, target={c.target_range}"
+
+    def set_grad_checkpointing(self, enable: bool = True) -> Generator:
+        """Keep only the inputs of the encoder, of each CAII block and of each decoder stage for backward, and
+        recompute the rest there (``torch.utils.checkpoint``, non-reentrant): for about one more generator
+        forward of compute, the official network keeps 0.15 instead of 1.6 GiB of activations per 256 px image
+        (float32). Same outputs and gradients; applies only where autograd records (inference and ``no_grad``
+        calls run as before)."""
+        self.grad_checkpointing = enable
+        return self
+
+    def _run(self, fn: nn.Module | Callable[..., Tensor], *args: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _decoder_stages(self) -> list[nn.Sequential]:
+        """The decoder cut before each upsampling: every x2 stage, then the full-resolution convs."""
+        stages: list[list[nn.Module]] = [[]]
+        for layer in self.decoder:
+            if isinstance(layer, nn.Upsample) and stages[-1]:
+                stages.append([])
+            stages[-1].append(layer)
+        return [nn.Sequential(*stage) for stage in stages]
 
     def forward(self, target: Tensor, id_embedding: Tensor) -> Tensor:
         h, w = target.shape[-2:]
         if h % self.config.stride or w % self.config.stride:
             raise ValueError(f"target size {h}x{w} is not a multiple of the stride {self.config.stride}")
         x = target if self.config.target_range == "unit" else target * 2.0 - 1.0
-        x = self.encoder(x)  # (B, C, H/s, W/s)
+        x = self._run(self.encoder, x)  # (B, C, H/s, W/s)
         for block in self.blocks:
-            x = block(x, id_embedding)
-        x = self.decoder(x)  # (B, 3, H, W)
+            x = self._run(block, x, id_embedding)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for stage in self._decoder_stages():
+                x = self._run(stage, x)
+        else:
+            x = self.decoder(x)  # (B, 3, H, W)
         return (torch.tanh(x) + 1.0) / 2.0
 
 
@@ -293,3 +323,109 @@ def build_generator(preset: str = "alphaface", **overrides: object) -> Generator
     if preset not in GENERATOR_PRESETS:
         raise ValueError(f"unknown generator preset {preset!r}; choose from {sorted(GENERATOR_PRESETS)}")
     return Generator(dataclasses.replace(GENERATOR_PRESETS[preset], **overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixed-shape inference and batch limits (swap, latency benches; bench/generator.py measures them)
+
+INT32_MAX = 2**31 - 1
+InferenceMode = Literal[
+    "eager", "cuda-graph", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"
+]
+INFERENCE_MODES: tuple[str, ...] = get_args(InferenceMode)
+
+
+def largest_activation(config: GeneratorConfig, size: int | None = None) -> int:
+    """Elements of the largest tensor one image makes in a forward at `size` (default: the preset's), counted
+    on the meta device. Some CUDA kernels index with 32-bit integers: the channels-last bilinear upsample
+    refuses outputs of INT32_MAX elements or more, which the official network reaches at a batch of 64
+    (512 x 256 x 256 per image): see :func:`channels_last_batch_limit`."""
+    size = size or config.image_size
+    largest = 0
+
+    def note(module: nn.Module, args: tuple, out: Tensor) -> None:
+        nonlocal largest
+        if isinstance(out, Tensor):
+            largest = max(largest, out.numel())
+
+    with torch.device("meta"):
+        G = Generator(config)
+        for m in G.modules():
+            m.register_forward_hook(note)
+        G(torch.empty(1, 3, size, size), torch.empty(1, config.id_dim))
+    return largest
+
+
+def channels_last_batch_limit(config: GeneratorConfig, size: int | None = None) -> int:
+    """The largest batch of channels-last inputs whose every activation stays under INT32_MAX elements:
+    63 for the official network at 256 px, 255 for alphaface-fast. Chunk larger batches."""
+    return (INT32_MAX - 1) // largest_activation(config, size)
+
+
+def compiled_for_inference(generator: Generator, mode: InferenceMode, backend: str = "inductor") -> Callable:
+    """``generator`` as ``f(target, id_embedding) -> swap`` for inference at fixed shapes, without the
+    launch overhead of eager mode (at batch 1 the official network on an H200 waits on kernel launches).
+
+    - ``eager``: the module as it is.
+    - ``cuda-graph``: each new input shape (and autocast state) is warmed up twice and captured once in a
+      ``torch.cuda.CUDAGraph`` (about a second, no compiler), then replayed in one launch. CUDA only.
+    - the ``torch.compile`` modes: compiled whole (``fullgraph``), one graph per shape (``dynamic=False``);
+      ``reduce-overhead`` and ``max-autotune`` also replay CUDA graphs. Warm-up: the first call of each shape
+      compiles (tens of seconds; ``max-autotune*`` autotunes convolutions, over 100 s for the official
+      network on an H200). Inductor caches its kernels on disk (``TORCHINDUCTOR_CACHE_DIR``, by default under
+      /tmp): a later process with the same network and shapes reuses them and warms up in seconds.
+
+    The result of one call stays valid after the next (graph outputs are copied out). Call it under
+    ``torch.inference_mode()`` or ``no_grad``; ``backend`` other than inductor (e.g. ``aot_eager`` in tests)
+    takes no mode.
+    """
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
+    generator.eval()
+    if mode == "eager":
+        return generator
+    if mode == "cuda-graph":
+        return _CudaGraphs(generator)
+    options = {"mode": mode} if backend == "inductor" else {}
+    compiled = torch.compile(generator, backend=backend, fullgraph=True, dynamic=False, **options)
+    if backend != "inductor" or mode not in ("reduce-overhead", "max-autotune"):
+        return compiled  # no CUDA graphs inside
+
+    def replay(target: Tensor, id_embedding: Tensor) -> Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # a new inference step: earlier outputs may be overwritten
+        return compiled(target, id_embedding).clone()
+
+    return replay
+
+
+class _CudaGraphs:
+    """One captured CUDA graph per (shapes, dtypes, strides, autocast state) of the generator's inputs."""
+
+    def __init__(self, generator: Generator) -> None:
+        self.generator = generator
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+
+    def __call__(self, target: Tensor, id_embedding: Tensor) -> Tensor:
+        if target.device.type != "cuda":
+            raise ValueError("cuda-graph inference needs the generator and its inputs on a CUDA device")
+        key = tuple((t.shape, t.dtype, t.stride()) for t in (target, id_embedding)) + (
+            torch.is_autocast_enabled("cuda"),
+            torch.get_autocast_dtype("cuda"),
+        )
+        if key not in self.graphs:
+            static = target.clone(), id_embedding.clone()  # clone keeps the strides (channels-last stays so)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():  # warm-up off the capture: cuDNN choices, allocations
+                for _ in range(2):
+                    self.generator(*static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.no_grad():
+                out = self.generator(*static)
+            self.graphs[key] = (graph, *static, out)
+        graph, static_target, static_id, out = self.graphs[key]
+        static_target.copy_(target)
+        static_id.copy_(id_embedding)
+        graph.replay()
+        return out.clone()
