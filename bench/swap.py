@@ -9,17 +9,20 @@ AAC audio) is written first, with its landmarks cache. Then, in the same run:
 - `host`: the whole `swapper.faces` path with the generator replaced by the identity function:
   decode, the cache lookup, the aligned crop (YUV box -> RGB, warp), the paste (warp back, blend
   in YUV), encode, audio copied;
+- `device_warp`: the same, with the crop and paste on `--device` (`swapper.faces.device_warp`: each
+  frame uploaded once, pasted boxes downloaded); on a CPU this times the torch path on the CPU;
 - `generator`: the generator alone at batch 16 (host -> device, forward, device -> host), in
   frames per second at one face per frame. On CPU this is the tiny preset at 256 px with random
   weights (`--preset` picks another; the real ones take minutes per batch on 2 cores);
-- `end_to_end`: the host path with that generator in the loop.
+- `end_to_end`: the host path with that generator in the loop, crops and pastes where `--warp`
+  says (auto: on the device when it is CUDA, else on the host).
 
 Frames/s are wall clock on this machine (all its cores: decode, face work and encode run on
 threads of their own, and FFmpeg threads the decoder and x264); `per_core_fps` is frames per
 CPU-second of the whole process, the figure other jobs on the machine disturb least (the load
 average is recorded before and after). Goal: host >= 60 frames/s at 1080p on 2 cores.
 
-    python bench/swap.py [--frames 120] [--video-preset veryfast] [--preset tiny] [--quick]
+    python bench/swap.py [--frames 120] [--video-preset veryfast] [--preset tiny] [--warp auto] [--quick]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from swapper.faces import video  # noqa: E402
 from swapper.faces.align import apply, template, warp  # noqa: E402
 from swapper.faces.detect import Face, LandmarksFile, MtcnnDetector, frame_key, save_landmarks  # noqa: E402
+from swapper.faces.device_warp import WARPS, resolve_warp  # noqa: E402
 from swapper.faces.swapper import FaceOptions, FaceSwapper, Item  # noqa: E402
 from training.models import build_generator  # noqa: E402
 
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--preset", default="tiny", help="generator preset timed at batch 16 (tiny: CPU-sized)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--grain", type=int, default=6, help="noise amplitude of the test clip (0: clean)")
+    p.add_argument("--warp", default="auto", choices=WARPS, help="end_to_end's crops and pastes (auto: device on CUDA)")
     p.add_argument("--quick", action="store_true", help="48 frames")
     args = p.parse_args(argv)
     frames = 48 if args.quick else args.frames
@@ -204,6 +209,13 @@ def main(argv: list[str] | None = None) -> dict:
         result["host"] = timed(lambda: swap_video(clip, out, host, encode))
         # wall time of the face work in the main thread (decode and encode run beside it)
         result["host"]["face_ms_per_frame"] = {k: round(v / frames * 1e3, 2) for k, v in host.seconds.items()}
+        log(f"the same with crops and pastes on {args.device} (device_warp)")
+        on_device = FaceSwapper(lambda x: x, cache, options, args.device, warp="device")
+        result["device_warp"] = timed(lambda: swap_video(clip, out, on_device, encode))
+        result["device_warp"]["face_ms_per_frame"] = {
+            k: round(v / frames * 1e3, 2) for k, v in on_device.seconds.items()
+        }
+        result["device_warp"].update(device=args.device, uploads=on_device.warper.uploads)
 
         log("MTCNN (the default detector) on 1080p frames")
         result["mtcnn"] = time_mtcnn(clip, args.device)
@@ -232,9 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
                                "batch": BATCH, "ms_per_batch": round(batch_s * 1e3, 1),
                                "fps": round(BATCH / batch_s, 1)}  # fmt: skip
         log("end to end with that generator")
-        full = FaceSwapper(swap_fn, cache, options, str(device))
+        full = FaceSwapper(swap_fn, cache, options, str(device), warp=args.warp)
         result["end_to_end"] = timed(lambda: swap_video(clip, out, full, encode))
-        result["end_to_end"]["generator"] = args.preset
+        result["end_to_end"].update(generator=args.preset, warp=resolve_warp(args.warp, device))
     result["machine"]["load_after"] = round(os.getloadavg()[0], 2)
     h, gen = result["host"]["fps"], result["generator"]["fps"]
     result["host_over_generator"] = round(h / gen, 2)

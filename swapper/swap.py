@@ -4,7 +4,7 @@
         [--detector mtcnn | scrfd:PATH.onnx | landmarks:FILE.json | aligned] \
         [--faces all|largest|N|left:N] [--reference PHOTO --reference-distance 0.6] [--min-face 40] \
         [--blend feather|mask] [--colour none|lab] [--no-smooth] [--crop ffhq|arcface] [--batch-size 16] \
-        [--device cpu|cuda] [--dtype fp32|bf16] [--save-landmarks FILE.json]
+        [--device cpu|cuda] [--dtype fp32|bf16] [--warp auto|host|device] [--save-landmarks FILE.json]
 
     source -> detect -> largest face -> 112 ArcFace crop -> identity encoder -> id embedding ──────┐
     targets -> detect -> track + smooth (video) -> select -> align (5 points -> the generator's
@@ -21,7 +21,9 @@ Which faces: `--faces` all (default), the largest, the N largest, or `left:N` (t
 left); `--reference PHOTO` keeps only faces within `--reference-distance` (1 - cosine of the run's
 identity embeddings) of the reference photo's face. In videos faces are tracked by box overlap and
 their landmarks smoothed with a one-euro filter (`--no-smooth` turns it off); a cut resets it.
-`--colour lab` matches the swap's colour to the target face's before blending.
+`--colour lab` matches the swap's colour to the target face's before blending. `--warp` says where the
+crops and paste-backs run: `auto` (default) on the generator's device when it is CUDA, else on the
+host; `host` and `device` force one (`device` on a CPU runs the same torch code there).
 
 A target with no face is written unchanged and counted; a file or frame that cannot be read is
 reported and counted and the run goes on; a run that swapped no face at all exits 2. `--checkpoint`
@@ -59,6 +61,7 @@ from swapper.faces.blend import BLENDS
 from swapper.faces.canvas import RgbCanvas
 from swapper.faces.colour import COLOURS
 from swapper.faces.detect import DETECTORS, Detector, check_faces, frame_key, parse_detector, save_landmarks
+from swapper.faces.device_warp import WARPS
 from swapper.faces.swapper import FaceOptions, FaceSwapper, Item, Reference, to_tensor
 from swapper.images import (
     UNREADABLE,
@@ -107,6 +110,7 @@ class SwapConfig:
     batch_size: int = 16  # faces (or aligned targets) per generator call
     device: str | None = None  # cpu | cuda | auto (default)
     dtype: str = field(default="fp32", metadata={"choices": tuple(sorted(DTYPES))})  # autocast around the generator
+    warp: str = field(default="auto", metadata={"choices": WARPS})  # where crops and pastes run (auto: device on CUDA)
     progress: bool = True  # tqdm bar in frames/s
 
     def __post_init__(self) -> None:
@@ -114,6 +118,8 @@ class SwapConfig:
             raise ValueError("--batch-size must be >= 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.warp not in WARPS:
+            raise ValueError(f"--warp must be one of {WARPS}, got {self.warp!r}")
         if self.blend not in BLENDS or self.colour not in COLOURS or self.crop not in CROPS:
             raise ValueError(f"--blend, --colour and --crop must be among {BLENDS}, {COLOURS}, {sorted(CROPS)}")
         check_faces(self.faces)
@@ -199,10 +205,17 @@ class Session:
         return Reference(embedding, embed, max_distance)
 
     def face_swapper(
-        self, z: torch.Tensor, options: FaceOptions, reference: Reference | None = None, record: bool = False
+        self,
+        z: torch.Tensor,
+        options: FaceOptions,
+        reference: Reference | None = None,
+        record: bool = False,
+        warp: str = "auto",
     ) -> FaceSwapper:
+        """`warp`: where crops and paste-backs run (auto: on the device when it is CUDA)."""
         assert self.detector is not None, "faces in the wild need a detector"
-        return FaceSwapper(self.swap_fn(z), self.detector, options, str(self.device), record, reference)
+        device = str(self.device)
+        return FaceSwapper(self.swap_fn(z), self.detector, options, device, record, reference, warp=warp)
 
 
 def _array(image: Image.Image) -> np.ndarray:
@@ -352,7 +365,8 @@ def run_wild(
     many = target.is_dir()
     photos = [p for p in media if not video.is_video(p)]
     videos = [p for p in media if video.is_video(p)]
-    swapper = session.face_swapper(z, cfg.face_options(session.size), reference, record=cfg.save_landmarks is not None)
+    record = cfg.save_landmarks is not None
+    swapper = session.face_swapper(z, cfg.face_options(session.size), reference, record=record, warp=cfg.warp)
 
     def key(p: Path) -> str:  # the landmarks key: path relative to --target
         return p.relative_to(target).as_posix() if many else p.name
@@ -418,6 +432,7 @@ def run_wild(
     counted = ("frames", "faces_swapped", "no_face", "faces_too_small", "faces_not_the_reference")
     return {
         **{k: swapper.counts[k] for k in counted},
+        "warp": swapper.warp,
         "videos": reports,
         "outputs": outputs,
         "time": {k: round(v, 3) for k, v in swapper.seconds.items()},

@@ -112,6 +112,33 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def footprint(
+    m: np.ndarray, size: tuple[int, int], shape: tuple[int, int]
+) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """What a warp by `m` (image -> output, output `size` (w, h)) of an image of `shape` (H, W) reads.
+
+    Returns the image region (x0, y0, x1, y1) under the output, one pixel of slack for the bilinear
+    footprint, and grid_sample's (2, 3) theta from the output's normalised coordinates to that
+    region's; None where the output lies wholly outside the image. Shared by the host warp and the
+    device one (`device_warp.py`), so both sample the same points.
+    """
+    w, h = size
+    back = invert(m)  # output -> image
+    corners = apply(back, np.array([[-1.0, -1.0], [w, -1.0], [w, h], [-1.0, h]]))
+    x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int) - 1, 0)
+    x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 2, [shape[1], shape[0]])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    back[:, 2] -= (x0, y0)  # region pixel p is image pixel p + (x0, y0)
+    rw, rh = x1 - x0, y1 - y0
+    # grid_sample (align_corners=False) puts pixel centre i of n at (2 i + 1) / n - 1; theta maps the
+    # output's normalised coordinates to the region's
+    to_norm = np.array([[2 / rw, 0, 1 / rw - 1], [0, 2 / rh, 1 / rh - 1], [0, 0, 1]])
+    from_norm = np.array([[w / 2, 0, (w - 1) / 2], [0, h / 2, (h - 1) / 2], [0, 0, 1]])
+    theta = (to_norm @ np.vstack([back, [0, 0, 1]]) @ from_norm)[:2]
+    return (int(x0), int(y0), int(x1), int(y1)), theta
+
+
 def warp_float(image: np.ndarray | Image.Image, m: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Warp `image` ((H, W) or (H, W, C)) by the (2, 3) map `m` (image -> output): float32 (h, w[, C]).
 
@@ -122,20 +149,12 @@ def warp_float(image: np.ndarray | Image.Image, m: np.ndarray, size: int | tuple
     w, h = (size, size) if isinstance(size, int) else size
     array = np.asarray(image)
     planar = array.ndim == 2
-    back = invert(m)  # output -> image
-    corners = apply(back, np.array([[-1.0, -1.0], [w, -1.0], [w, h], [-1.0, h]]))
-    x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int) - 1, 0)
-    x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 2, [array.shape[1], array.shape[0]])
     channels = 1 if planar else array.shape[2]
-    if x1 <= x0 or y1 <= y0:  # the output lies wholly outside the image
+    found = footprint(m, (w, h), array.shape[:2])
+    if found is None:  # the output lies wholly outside the image
         return np.zeros((h, w) if planar else (h, w, channels), np.float32)
-    back[:, 2] -= (x0, y0)  # region pixel p is image pixel p + (x0, y0)
+    (x0, y0, x1, y1), theta = found
     rw, rh = x1 - x0, y1 - y0
-    # grid_sample (align_corners=False) puts pixel centre i of n at (2 i + 1) / n - 1; theta maps the
-    # output's normalised coordinates to the region's
-    to_norm = np.array([[2 / rw, 0, 1 / rw - 1], [0, 2 / rh, 1 / rh - 1], [0, 0, 1]])
-    from_norm = np.array([[w / 2, 0, (w - 1) / 2], [0, h / 2, (h - 1) / 2], [0, 0, 1]])
-    theta = (to_norm @ np.vstack([back, [0, 0, 1]]) @ from_norm)[:2]
     with single_thread(), torch.inference_mode():
         region = torch.from_numpy(np.array(array[y0:y1, x0:x1], np.float32))  # (rh, rw[, C]), a copy
         region = region.reshape(rh, rw, channels).permute(2, 0, 1)[None]  # (1, C, rh, rw)

@@ -59,6 +59,11 @@ class RgbCanvas:
         paste(self.image, swap, m, mask)
         self._array = None
 
+    def put(self, pixels: np.ndarray, origin: tuple[int, int]) -> None:
+        """Write (h, w, 3) uint8 pixels at `origin` (x, y): a box the device paste-back computed."""
+        self.image.paste(Image.fromarray(pixels), origin)
+        self._array = None
+
     def to_image(self) -> Image.Image:
         return self.image
 

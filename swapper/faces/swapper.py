@@ -4,6 +4,10 @@
          -> align each face (crop, M)  ─┐ until a batch is full
     crops (B, 3, S, S) -> swap_fn (the generator) -> swaps -> colour match -> paste back -> items, in order
 
+Crops and paste-backs run on the host (`HostWarp`: the canvas's own numpy/Pillow warps) or, with
+`warp="device"` (the default on CUDA via `auto`), on the generator's device (`device_warp.DeviceWarp`:
+each frame uploaded once, crops and swaps never leave the device, only pasted boxes come back).
+
 Items are held until every face in them is swapped, so the output order is the input order. Faces
 from many small frames share one generator batch, and a frame with many faces can span batches.
 A frame with no face passes through unchanged and is counted.
@@ -19,12 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from swapper.faces.align import ARCFACE_SIZE, CROPS, estimate, single_thread
 from swapper.faces.blend import BLENDS, crop_mask, ellipse_mask
 from swapper.faces.canvas import Canvas
 from swapper.faces.colour import COLOURS, match_colour
 from swapper.faces.detect import Detector, Face, check_faces, pick_faces
+from swapper.faces.device_warp import DeviceWarp, resolve_warp
 from swapper.faces.track import FaceTracker, is_cut
 
 SwapFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) crops in [0, 1] -> swaps, same shape
@@ -64,10 +70,14 @@ class FaceOptions:
             raise ValueError("min_face must be >= 0, batch_size and size >= 1")
 
 
-def to_tensor(crops: list[np.ndarray], device: torch.device | str) -> torch.Tensor:
-    """(B, S, S, 3) uint8 crops -> (B, 3, S, S) float in [0, 1] on `device` (bytes cross, not floats)."""
+def to_tensor(crops: list[np.ndarray] | list[torch.Tensor], device: torch.device | str) -> torch.Tensor:
+    """(B, S, S, 3) uint8 crops -> (B, 3, S, S) float in [0, 1] on `device` (bytes cross, not floats;
+    crops the device warp made are there already)."""
     with single_thread():  # host-side glue: see align.single_thread
-        batch = torch.from_numpy(np.stack(crops)).to(device)  # (B, S, S, 3)
+        if isinstance(crops[0], torch.Tensor):
+            batch = torch.stack(crops).to(device)  # (B, S, S, 3)
+        else:
+            batch = torch.from_numpy(np.stack(crops)).to(device)  # (B, S, S, 3)
         return batch.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, S, S)
 
 
@@ -76,6 +86,29 @@ def to_images(swaps: torch.Tensor) -> np.ndarray:
     with single_thread():
         images = swaps.detach().float().clamp(0, 1).mul_(255).round_().to(torch.uint8)  # (B, 3, S, S)
         return images.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (B, S, S, 3)
+
+
+def _host(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    return image.cpu().numpy() if isinstance(image, torch.Tensor) else image
+
+
+class HostWarp:
+    """Crops and pastes by the canvas itself, on the CPU (numpy, Pillow, one-thread grid_sample)."""
+
+    def crop(self, canvas: Canvas, m: np.ndarray, size: int) -> np.ndarray:
+        return canvas.crop(m, size)
+
+    def swaps(self, swaps: torch.Tensor) -> np.ndarray:
+        return to_images(swaps)
+
+    def paste(self, canvas: Canvas, swap: np.ndarray, m: np.ndarray, mask: Image.Image) -> None:
+        canvas.paste(swap, m, mask)
+
+    def release(self, canvas: Canvas) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
 
 
 class Reference:
@@ -104,7 +137,9 @@ class FaceSwapper:
 
     `counts` gathers frames, faces_swapped, no_face and faces_too_small; `seconds` the time in
     detect, align, generator (transfer included) and paste; with `record`, `detections` keeps every
-    face found, by key (the landmarks cache that `save_landmarks` writes).
+    face found, by key (the landmarks cache that `save_landmarks` writes). `warp`: host | device |
+    auto (device when `device` is CUDA), where the crops and paste-backs run; `self.warp` is the
+    resolved name.
     """
 
     def __init__(
@@ -116,8 +151,11 @@ class FaceSwapper:
         record: bool = False,
         reference: Reference | None = None,
         tracker: FaceTracker | None = None,
+        warp: str = "host",
     ) -> None:
         self.swap_fn, self.detector, self.options, self.device, self.record = swap_fn, detector, options, device, record
+        self.warp = resolve_warp(warp, device)
+        self.warper: HostWarp | DeviceWarp = DeviceWarp(device) if self.warp == "device" else HostWarp()
         self.reference, self.tracker = reference, tracker  # tracker: one clip's, in frame order
         self.mask = crop_mask(options.blend, options.size, options.crop)
         self.face_weights = ellipse_mask(options.size, options.crop)  # the region colour matching looks at
@@ -131,22 +169,31 @@ class FaceSwapper:
         (None) independent photos."""
         self.tracker = FaceTracker(fps) if fps else None
         self._thumbnail = None
+        self.warper.clear()  # uploads a stopped run left behind
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         pending: list[Item] = []
-        jobs: list[tuple[Item, np.ndarray, np.ndarray]] = []  # (item, M frame -> crop, crop)
+        jobs: list[tuple[Item, np.ndarray, np.ndarray | torch.Tensor]] = []  # (item, M frame -> crop, crop)
         for item in items:
             jobs.extend(self._prepare(item))
             pending.append(item)
             if len(jobs) >= self.options.batch_size:
                 self._swap(jobs)
-                yield from pending
+                yield from self._release(pending)
                 pending, jobs = [], []
         if jobs:
             self._swap(jobs)
-        yield from pending
+        yield from self._release(pending)
 
-    def _prepare(self, item: Item) -> list[tuple[Item, np.ndarray, np.ndarray]]:
+    def _release(self, items: list[Item]) -> list[Item]:
+        """Every face of these items is pasted: the device warp writes its boxes back to the canvases."""
+        start = time.perf_counter()
+        for item in items:
+            self.warper.release(item.image)
+        self.seconds["paste"] += time.perf_counter() - start
+        return items
+
+    def _prepare(self, item: Item) -> list[tuple[Item, np.ndarray, np.ndarray | torch.Tensor]]:
         o = self.options
         start = time.perf_counter()
         found = self.detector(item.image, item.key)
@@ -173,21 +220,21 @@ class FaceSwapper:
         jobs = []
         for face in faces:
             m = estimate(face.kps, o.size, o.crop)
-            jobs.append((item, m, item.image.crop(m, o.size)))
+            jobs.append((item, m, self.warper.crop(item.image, m, o.size)))
         self.seconds["align"] += time.perf_counter() - mid
         return jobs
 
-    def _swap(self, jobs: list[tuple[Item, np.ndarray, np.ndarray]]) -> None:
+    def _swap(self, jobs: list[tuple[Item, np.ndarray, np.ndarray | torch.Tensor]]) -> None:
         size = self.options.batch_size
         for i in range(0, len(jobs), size):
             chunk = jobs[i : i + size]
             start = time.perf_counter()
-            swaps = to_images(self.swap_fn(to_tensor([crop for _, _, crop in chunk], self.device)))
+            swaps = self.warper.swaps(self.swap_fn(to_tensor([crop for _, _, crop in chunk], self.device)))
             mid = time.perf_counter()
             for (item, m, crop), swap in zip(chunk, swaps, strict=True):
-                if self.options.colour == "lab":
-                    swap = match_colour(swap, crop, self.face_weights)
-                item.image.paste(swap, m, self.mask)
+                if self.options.colour == "lab":  # numpy on the host, whichever warp
+                    swap = match_colour(_host(swap), _host(crop), self.face_weights)
+                self.warper.paste(item.image, swap, m, self.mask)
             self.seconds["generator"] += mid - start
             self.seconds["paste"] += time.perf_counter() - mid
             self.counts["faces_swapped"] += len(chunk)
