@@ -1,7 +1,7 @@
 """The web page: swap a face into a photo or a video from a browser, on this machine.
 
     python -m swapper.app --checkpoint RUN_DIR|hf://USER/NAME [--host 127.0.0.1] [--port 7860] \
-        [--device cpu|cuda] [--dtype fp32|bf16] [--detector mtcnn] [--sessions 2]
+        [--device cpu|cuda] [--dtype fp32|bf16] [--compile eager|cuda-graph|...] [--detector mtcnn] [--sessions 2]
 
     start-up:  --checkpoint -> Session (generator, identity encoder, detector), loaded once
     a request: source photo -> identity ───────────────┐
@@ -46,6 +46,7 @@ from swapper.faces.detect import check_faces
 from swapper.faces.swapper import FaceOptions, FaceSwapper, Reference
 from swapper.images import UNREADABLE, load_face, load_rgb, official_source, official_target, save_image, save_photo
 from swapper.swap import DTYPES, Session, swap_photo, swap_video
+from training.models.generator import INFERENCE_MODES
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -65,6 +66,7 @@ class AppConfig:
     detector: str = "mtcnn"  # mtcnn (no download) | aligned (crops) | scrfd:PATH.onnx | landmarks:FILE.json
     device: str | None = None  # cpu | cuda | auto (default)
     dtype: str = field(default="fp32", metadata={"choices": tuple(sorted(DTYPES))})  # autocast around the generator
+    compile: str = field(default="eager", metadata={"choices": INFERENCE_MODES})  # swapper.swap's --compile
     sessions: int = 2  # checkpoints (with their detector) kept loaded; the page can load others
     # --- server
     host: str = "127.0.0.1"  # the address served: 127.0.0.1 is this machine only, 0.0.0.0 the network
@@ -139,7 +141,7 @@ def load_session(factory: SessionFactory, checkpoint: str, detector: str) -> Ses
 
 def session_factory(cfg: AppConfig) -> SessionFactory:
     def load(checkpoint: str, detector: str) -> Session:
-        return Session(checkpoint, detector, cfg.device, cfg.dtype)
+        return Session(checkpoint, detector, cfg.device, cfg.dtype, compile=cfg.compile)
 
     return load
 

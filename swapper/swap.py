@@ -4,7 +4,8 @@
         [--detector mtcnn | scrfd:PATH.onnx | landmarks:FILE.json | aligned] \
         [--faces all|largest|N|left:N] [--reference PHOTO --reference-distance 0.6] [--min-face 40] \
         [--blend feather|mask] [--colour none|lab] [--no-smooth] [--crop ffhq|arcface] [--batch-size 16] \
-        [--device cpu|cuda] [--dtype fp32|bf16] [--warp auto|host|device] [--save-landmarks FILE.json]
+        [--device cpu|cuda] [--dtype fp32|bf16] [--warp auto|host|device] [--compile eager|cuda-graph|...] \
+        [--save-landmarks FILE.json]
 
     source -> detect -> largest face -> 112 ArcFace crop -> identity encoder -> id embedding ──────┐
     targets -> detect -> track + smooth (video) -> select -> align (5 points -> the generator's
@@ -23,7 +24,11 @@ identity embeddings) of the reference photo's face. In videos faces are tracked 
 their landmarks smoothed with a one-euro filter (`--no-smooth` turns it off); a cut resets it.
 `--colour lab` matches the swap's colour to the target face's before blending. `--warp` says where the
 crops and paste-backs run: `auto` (default) on the generator's device when it is CUDA, else on the
-host; `host` and `device` force one (`device` on a CPU runs the same torch code there).
+host; `host` and `device` force one (`device` on a CPU runs the same torch code there). `--compile
+cuda-graph` (CUDA) captures the generator once per batch shape and replays it in one launch (about a
+second of warm-up); the torch.compile modes (`default`, `reduce-overhead`, `max-autotune-no-cudagraphs`,
+`max-autotune`) compile per shape (tens of seconds, over 100 s for max-autotune on the official network;
+TORCHINDUCTOR_CACHE_DIR keeps the kernels for the next run).
 
 A target with no face is written unchanged and counted; a file or frame that cannot be read is
 reported and counted and the run goes on; a run that swapped no face at all exits 2. `--checkpoint`
@@ -75,6 +80,7 @@ from swapper.images import (
 )
 from training.artifact import load_generator, load_identity
 from training.models import IdentityEncoder
+from training.models.generator import INFERENCE_MODES, compiled_for_inference
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -111,6 +117,7 @@ class SwapConfig:
     device: str | None = None  # cpu | cuda | auto (default)
     dtype: str = field(default="fp32", metadata={"choices": tuple(sorted(DTYPES))})  # autocast around the generator
     warp: str = field(default="auto", metadata={"choices": WARPS})  # where crops and pastes run (auto: device on CUDA)
+    compile: str = field(default="eager", metadata={"choices": INFERENCE_MODES})  # fixed-shape generator calls
     progress: bool = True  # tqdm bar in frames/s
 
     def __post_init__(self) -> None:
@@ -118,6 +125,8 @@ class SwapConfig:
             raise ValueError("--batch-size must be >= 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.compile not in INFERENCE_MODES:
+            raise ValueError(f"--compile must be one of {INFERENCE_MODES}, got {self.compile!r}")
         if self.warp not in WARPS:
             raise ValueError(f"--warp must be one of {WARPS}, got {self.warp!r}")
         if self.blend not in BLENDS or self.colour not in COLOURS or self.crop not in CROPS:
@@ -156,11 +165,15 @@ class Session:
         det_threshold: float = 0.5,
         min_face: float = 40.0,
         identity: Any = None,  # id_weights / emap / id_arch overrides (a SwapConfig will do)
+        compile: str = "eager",  # training.models.generator.compiled_for_inference's mode
     ) -> None:
         self.device = torch.device(resolve_device(device))
         self.detector_name = detector
         self.detector: Detector | None = parse_detector(detector, det_threshold, min_face, str(self.device))
         self.generator, self.spec = load_generator(checkpoint, self.device)
+        if compile == "cuda-graph" and self.device.type != "cuda":
+            raise ValueError("--compile cuda-graph needs a CUDA device (--device cuda); eager or a torch.compile mode")
+        self.forward = compiled_for_inference(self.generator, compile)  # type: ignore[arg-type]
         self.size = int(self.spec["image_size"])
         self.dtype = dtype
         self._identity_overrides = identity or SimpleNamespace(id_weights=None, emap=None, id_arch=None)
@@ -192,7 +205,7 @@ class Session:
 
         def swap(batch: torch.Tensor) -> torch.Tensor:
             with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
-                return self.generator(batch, z.expand(len(batch), -1)).float()  # (b, 3, S, S)
+                return self.forward(batch, z.expand(len(batch), -1)).float()  # (b, 3, S, S)
 
         return swap
 
@@ -447,7 +460,9 @@ def run(cfg: SwapConfig) -> dict[str, Any]:
     output = Path(cfg.output) if cfg.output is not None else default_output(target)
     check_output(target, output)
     cfg = dataclasses.replace(cfg, output=output)
-    session = Session(cfg.checkpoint, cfg.detector, cfg.device, cfg.dtype, cfg.det_threshold, cfg.min_face, cfg)
+    session = Session(
+        cfg.checkpoint, cfg.detector, cfg.device, cfg.dtype, cfg.det_threshold, cfg.min_face, cfg, cfg.compile
+    )
     official = session.spec.get("preprocess") if session.detector is None else None  # converted official weights
     if official:  # eval.py's source: PIL bilinear 112, (x * 255).int() / 127.5 - 1
         z = session.identity.encode(official_source(Path(cfg.source), official).to(session.device))  # (1, 512)

@@ -334,6 +334,16 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, tiny_generator, capsys)
     assert "no CUDA GPU" in line and "--device cpu" in line
 
 
+def test_compile_cuda_graph_on_a_cpu_is_one_line_and_eager_is_the_module(tmp_path, tiny_generator, capsys):
+    crop = tmp_path / "crop.png"
+    Image.fromarray(smooth_face(64, seed=31)).save(crop)
+    args = ["--checkpoint", str(tiny_generator), "--source", str(crop), "--target", str(crop), "--device", "cpu"]
+    line = fails_with(capsys, *args, "--output", str(tmp_path / "o.png"), "--compile", "cuda-graph")
+    assert "--compile cuda-graph needs a CUDA device" in line
+    plain = run_swap(*args, "--detector", "aligned", "--output", str(tmp_path / "eager.png"), "--compile", "eager")
+    assert plain["faces_swapped"] == 1
+
+
 def test_a_landmarks_file_that_is_not_json_is_named(tmp_path, tiny_generator, source, capsys):
     src, _ = source
     bad = tmp_path / "faces.json"
