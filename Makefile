@@ -36,7 +36,7 @@ ARGS ?=
 DEMO := demo_out
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint demo bench bench-gpu caption embed train publish evaluate clean
+.PHONY: help install test test-all lint demo world bench bench-gpu caption embed train publish evaluate clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS=":.*## "} {printf "  %-13s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ lint: install ## ruff check and format check
 demo: install ## the whole flow on synthetic data with tiny models, on CPU
 	$(OFFLINE) $(PY) -m demo --out $(DEMO)
 
+world: install ## the miniature AlphaFace world: networks trained in it, the swapper trained and judged (CPU); WORLD=folder [ARGS="--seeds 0 1"]
+	$(OFFLINE) $(PY) -m demo.world --out $(or $(WORLD),world_out) $(ARGS)
+
 bench: install ## every benchmark; one JSON line each
 	@for b in bench/[!_]*.py; do echo "# $$b" >&2; $(OFFLINE) $(PY) $$b || exit 1; done
 
@@ -122,7 +125,7 @@ evaluate: install ## FF++ evaluation of a swapper: CKPT= DATA=FFPP_ROOT OUT=REPO
 	$(PY) -m swapper.evaluate --protocol ffpp --data $(DATA) --checkpoint $(CKPT) --output $(OUT) $(ARGS)
 
 clean: ## remove demo output and caches (keeps .venv)
-	rm -rf $(DEMO) .pytest_cache .ruff_cache
+	rm -rf $(DEMO) world_out .pytest_cache .ruff_cache
 
 .PHONY: publish-model
 publish-model: install ## publish a trained swapper as a Hub model repo: MODEL=RUN_DIR REPO=user/name [ARGS=--dry-run]

@@ -251,13 +251,42 @@ def _hair_parts(ident: Identity, head: _Head, behind: bool) -> list[Part]:
     return [Part("polygon", _flat(arc + hairline), colour, "hair")]
 
 
-def _eye_parts(ident: Identity, look: Look, head: _Head, side: int) -> list[Part]:
+@dataclass(frozen=True)
+class ExpressionStyle:
+    """How far each expression moves the eyes, brows and mouth (fractions of the head)."""
+
+    eye_open: dict[str, float]  # eye opening, x neutral's
+    brow_lift: dict[str, float]  # brows up (negative) or down
+    frown_inner_drop: float  # inner brow ends pulled towards the nose
+    mouth_width: dict[str, float]  # mouth width, x neutral's
+    corner: dict[str, float]  # mouth corners up (negative) or down
+    gap: dict[str, float]  # the opening between the lips (neutral: 0.006)
+    teeth: tuple[str, ...]  # expressions that show teeth
+    teeth_width: float  # of the mouth's
+    teeth_div: float  # the teeth's lower edge: gap / teeth_div above the mouth's centre line (negative: below)
+
+
+# demo and tests: realistic, 1-2 px apart at 64 px
+SUBTLE = ExpressionStyle(
+    eye_open={"smile": 0.7, "open_mouth": 1.25, "frown": 0.85}, brow_lift={"open_mouth": -0.06, "frown": 0.03},
+    frown_inner_drop=0.05, mouth_width={}, corner={"smile": -0.06, "frown": 0.05},
+    gap={"open_mouth": 0.08, "smile": 0.012}, teeth=("open_mouth", "smile"), teeth_width=0.6, teeth_div=6,
+)  # fmt: skip
+# demo.world: drawn large enough that a small network at 64 px can read them (SUBTLE stays near chance there)
+BOLD = ExpressionStyle(
+    eye_open={"smile": 0.45, "open_mouth": 1.5, "frown": 0.75}, brow_lift={"open_mouth": -0.14, "frown": 0.06},
+    frown_inner_drop=0.12, mouth_width={"smile": 1.2, "open_mouth": 0.85}, corner={"smile": -0.16, "frown": 0.14},
+    gap={"open_mouth": 0.22, "smile": 0.05}, teeth=("smile",), teeth_width=0.7, teeth_div=-3,
+)  # fmt: skip
+
+
+def _eye_parts(ident: Identity, look: Look, head: _Head, side: int, style: ExpressionStyle = SUBTLE) -> list[Part]:
     """side = +1 for the subject's left eye (image right), -1 for the right eye."""
     label, brow_label = ("l_eye", "l_brow") if side > 0 else ("r_eye", "r_brow")
     u, v = side * ident.eye_spacing, -0.05
     sx, sy = head.squash(u, v)
     x, y = head.point(u, v)
-    open_ = {"smile": 0.7, "open_mouth": 1.25, "frown": 0.85}.get(look.expression, 1.0)
+    open_ = style.eye_open.get(look.expression, 1.0)
     rx, ry = 0.04 * ident.eye_size * sx, 0.019 * ident.eye_size * sy * open_
     iris = 0.55 * ry / max(open_, 0.7)
     parts = [
@@ -266,8 +295,8 @@ def _eye_parts(ident: Identity, look: Look, head: _Head, side: int) -> list[Part
         Part("ellipse", _ellipse(x, y, min(iris, rx) * 0.45, iris * 0.45), (10, 10, 10), label),
     ]
     # brows: raised when surprised, pulled down towards the nose when frowning
-    lift = {"open_mouth": -0.06, "frown": 0.03}.get(look.expression, 0.0)
-    inner_drop = 0.05 if look.expression == "frown" else 0.0
+    lift = style.brow_lift.get(look.expression, 0.0)
+    inner_drop = style.frown_inner_drop if look.expression == "frown" else 0.0
     inner = head.point(side * (ident.eye_spacing - 0.16), -0.22 + lift + inner_drop)
     outer = head.point(side * (ident.eye_spacing + 0.2), -0.24 + lift)
     mid = head.point(side * (ident.eye_spacing + 0.02), -0.28 + lift)
@@ -276,13 +305,13 @@ def _eye_parts(ident: Identity, look: Look, head: _Head, side: int) -> list[Part
     return parts
 
 
-def _mouth_parts(ident: Identity, look: Look, head: _Head) -> list[Part]:
-    w = 0.26 * ident.mouth_width
+def _mouth_parts(ident: Identity, look: Look, head: _Head, style: ExpressionStyle = SUBTLE) -> list[Part]:
+    w = 0.26 * ident.mouth_width * style.mouth_width.get(look.expression, 1.0)
     v0 = 0.5
     lip = _shade((min(255, ident.skin[0] + 20), ident.skin[1], ident.skin[2]), 0.72)
     # the corners rise in a smile and drop in a frown; the opening is a gap between the lips
-    corner = {"smile": -0.06, "frown": 0.05}.get(look.expression, 0.0)
-    gap = {"open_mouth": 0.08, "smile": 0.012}.get(look.expression, 0.006)
+    corner = style.corner.get(look.expression, 0.0)
+    gap = style.gap.get(look.expression, 0.006)
 
     def centre(u: float) -> float:
         return v0 + corner * (u / w) ** 2
@@ -296,9 +325,10 @@ def _mouth_parts(ident: Identity, look: Look, head: _Head) -> list[Part]:
         Part("polygon", _flat(upper_top + upper_bottom), lip, "u_lip"),
         Part("polygon", _flat(lower_top + lower_bottom), lip, "l_lip"),
     ]
-    if look.expression in ("open_mouth", "smile"):
-        teeth_top = _curve(head, -w * 0.6, w * 0.6, lambda u: centre(u) - gap / 2 * (1 - (u / w) ** 2))
-        teeth_bottom = _curve(head, w * 0.6, -w * 0.6, lambda u: centre(u) - gap / 6 * (1 - (u / w) ** 2))
+    if look.expression in style.teeth:
+        tw = w * style.teeth_width
+        teeth_top = _curve(head, -tw, tw, lambda u: centre(u) - gap / 2 * (1 - (u / w) ** 2))
+        teeth_bottom = _curve(head, tw, -tw, lambda u: centre(u) - gap / style.teeth_div * (1 - (u / w) ** 2))
         parts.insert(1, Part("polygon", _flat(teeth_top + teeth_bottom), (240, 240, 235), "mouth"))
     return parts
 
@@ -404,7 +434,7 @@ def _occluder_parts(ident: Identity, look: Look, head: _Head, rng: random.Random
     return []
 
 
-def face_parts(ident: Identity, look: Look, rng: random.Random) -> list[Part]:
+def face_parts(ident: Identity, look: Look, rng: random.Random, style: ExpressionStyle = SUBTLE) -> list[Part]:
     """Every part of one image, back to front."""
     head = _Head(ident, look)
     fcx, fcy, rx, ry = head.outline()
@@ -436,10 +466,10 @@ def face_parts(ident: Identity, look: Look, rng: random.Random) -> list[Part]:
             head, 0.3, -0.3, lambda u: 0.43 + 0.05 * u * u
         )
         parts.append(Part("polygon", _flat(mustache), _shade(HAIR_COLOURS[ident.hair_colour], 0.8), "skin"))
-    parts += _mouth_parts(ident, look, head)
+    parts += _mouth_parts(ident, look, head, style)
     # the eye on the far side of a turned head is drawn first, so the nose can hide it
     for side in sorted((1, -1), key=lambda s: math.cos(head.angle_u(s * ident.eye_spacing))):
-        parts += _eye_parts(ident, look, head, side)
+        parts += _eye_parts(ident, look, head, side, style)
     if look.glasses:
         parts += _glasses_parts(ident, head, rng)
     if look.hat:

@@ -38,7 +38,7 @@ AdamImpl = Literal["auto", "fused", "foreach", "for-loop"]  # torch.optim.AdamW'
 PAIR_KINDS = ("random", "same_identity", "self")
 PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb")
-ID_ARCHS = ("r50", "r100", "tiny")  # tiny: a small random IResNet for the CPU demo and tests only
+ID_ARCHS = ("r50", "r100", "world", "tiny")  # world: demo.world's small trained IResNet; tiny: random, tests only
 MAPPING_FIELDS = ("pairs", "generator_overrides", "discriminator", "loss")
 
 

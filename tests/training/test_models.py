@@ -279,6 +279,21 @@ def test_bidirectional_caii_depends_on_target_statistics() -> None:
         assert (bidir(x, z) - bidir(x_wide, z)).abs().max() > 1e-2
 
 
+def test_one_way_caii_injects_the_identity_alone() -> None:
+    x, z = torch.randn(2, 16, 8, 8), F.normalize(torch.randn(2, 512), dim=1)
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    with torch.no_grad():
+        op = _op("one_way")
+        g, b = op.modulation(x, z)
+        code_g, code_b = op.style(z).chunk(2, dim=1)
+        torch.testing.assert_close(g.flatten(1), 1 + code_g)
+        torch.testing.assert_close(b.flatten(1), code_b)
+        # blind to the target's statistics: nothing flows from target to identity
+        g_wide, b_wide = op.modulation(mean + 3.0 * (x - mean) + 2.0, z)
+        torch.testing.assert_close((g, b), (g_wide, b_wide))
+        assert (op(x, z) - op(x, F.normalize(torch.randn(2, 512), dim=1))).abs().max() > 1e-2
+
+
 # ---------------------------------------------------------------------------------------------
 # Discriminator
 

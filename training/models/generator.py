@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-CAIIMode = Literal["official", "bidirectional"]
+CAIIMode = Literal["official", "bidirectional", "one_way"]
 CAII_MODES: tuple[str, ...] = get_args(CAIIMode)
 TargetRange = Literal["unit", "signed"]
 TARGET_RANGES: tuple[str, ...] = get_args(TargetRange)
@@ -115,6 +115,18 @@ GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
         eps=1e-5,
         decoder_up_channels=(256, 128, 64),
         decoder_channels=(64, 64),
+    ),
+    # demo.world's swapper at 64 px: CAII over 3 blocks of 24 channels on a 32x32 grid, 189k parameters
+    "world": GeneratorConfig(
+        encoder_channels=(12, 24),
+        encoder_strides=(1, 2),
+        num_caii_blocks=3,
+        target_range="signed",
+        caii_mode="bidirectional",
+        eps=1e-5,
+        decoder_up_channels=(16,),
+        decoder_channels=(12,),
+        image_size=64,
     ),
     # For tests and the CPU demo only: same topology as alphaface-fast, ~240x cheaper.
     "tiny": GeneratorConfig(
@@ -192,6 +204,10 @@ class CAIIOp(nn.Module):
         """The scale and shift ``(g, b)``, each ``(B, C, 1, 1)``, for features ``x`` and code ``z``."""
         g, b = self.style(z)[:, :, None, None].chunk(2, dim=1)  # (B, 2C) -> (B, C, 1, 1) each
         x_mean, x_std = spatial_stats(x, self.eps)  # the target's statistics, (B, C, 1, 1) each
+        if self.mode == "one_way":
+            # the ablation of CAII: identity-to-target injection alone (SimSwap's ApplyStyle), g = 1 + FC_g(z),
+            # b = FC_b(z), with no target-to-identity direction
+            return 1.0 + g, b
         if self.mode == "official":
             # AdaIN(g, x) of a 1x1 map: g - mean(g) is exactly 0, so it is mean_hw(x), bit for bit in eager
             # mode. Written as such: an exported graph fuses the 1x1 normalisation into a LayerNorm whose

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -117,10 +118,19 @@ class IResNet(nn.Module):
 # Builders
 
 
+# Small IResNets trained inside the synthetic world (demo.world): one block per stage, a 32 px input
+IRESNET_SMALL: dict[str, dict[str, Any]] = {
+    "world": {"layers": (1, 1, 1, 1), "widths": (16, 32, 64, 128), "input_size": 32},
+}
+
+
 def build_iresnet(arch: str = "r50") -> IResNet:
-    """An insightface-compatible IResNet (``"r50"`` or ``"r100"``) with random weights."""
+    """An insightface-compatible IResNet (``"r50"`` or ``"r100"``, or a small one of ``IRESNET_SMALL``) with
+    random weights."""
+    if arch in IRESNET_SMALL:
+        return IResNet(**IRESNET_SMALL[arch])
     if arch not in IRESNET_LAYERS:
-        raise ValueError(f"unknown IResNet arch {arch!r}; choose from {sorted(IRESNET_LAYERS)}")
+        raise ValueError(f"unknown IResNet arch {arch!r}; choose from {sorted(IRESNET_LAYERS | IRESNET_SMALL)}")
     return IResNet(IRESNET_LAYERS[arch])
 
 

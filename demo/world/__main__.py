@@ -1,0 +1,3 @@
+from demo.world import main
+
+main()
