@@ -213,6 +213,29 @@ def test_uncaptioned_shards_are_skipped_then_done(tmp_path, embed_clip, capsys):
     assert (summary["done_now"], summary["skipped_done"], summary["skipped_not_captioned"]) == (1, 2, 0)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_embeddings_and_stats_have_the_mode_the_umask_gives(tmp_path, embed_clip, umask):
+    ds = make_dataset(tmp_path / "ds", [["a"], ["b"]])
+    old = os.umask(umask)
+    try:
+        main(_args(ds, embed_clip))
+    finally:
+        os.umask(old)
+    files = [p for p in ds.embeddings_dir(TAG).rglob("*") if p.is_file()]
+    assert len(files) >= 5  # two parquet files, their stats, clip.json
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}  # not mkstemp's 0600
+
+
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, embed_clip, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    ds = make_dataset(tmp_path / "ds", [["a"]])
+    with pytest.raises(SystemExit) as e:
+        main(_args(ds, embed_clip, "--device", "cuda"))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and "no CUDA GPU" in lines[0], lines
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "wrong_tag", "stats_missing"])
 def test_damaged_output_is_regenerated(tmp_path, embed_clip, reference, damage):
     ds = DatasetDir(tmp_path / "ds")

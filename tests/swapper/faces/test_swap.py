@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from fractions import Fraction
 
 import av
@@ -332,6 +333,19 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, tiny_generator, capsys)
     line = fails_with(capsys, "--checkpoint", str(tiny_generator), "--source", str(crop), "--target", str(crop),
                       "--output", str(tmp_path / "o.png"), "--device", "cuda")  # fmt: skip
     assert "no CUDA GPU" in line and "--device cpu" in line
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_swapped_photos_have_the_mode_the_umask_gives(tmp_path, tiny_generator, umask):
+    crop = tmp_path / "crop.png"
+    Image.fromarray(smooth_face(64, seed=32)).save(crop)
+    old = os.umask(umask)
+    try:
+        run_swap("--checkpoint", str(tiny_generator), "--source", str(crop), "--target", str(crop),
+                 "--detector", "aligned", "--output", str(tmp_path / "out.png"))  # fmt: skip
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "out.png").stat().st_mode & 0o777) == oct(0o666 & ~umask)  # not mkstemp's 0600
 
 
 def test_compile_cuda_graph_on_a_cpu_is_one_line_and_eager_is_the_module(tmp_path, tiny_generator, capsys):
