@@ -67,10 +67,10 @@ class EmbedConfig:
     device: str | None = None  # cpu | cuda (this process's LOCAL_RANK GPU) | auto
     precision: str = field(default="fp32", metadata={"choices": PRECISIONS})  # open_clip's mixed precision
     workers: int | None = None  # image-decoding threads; default: the cores this process may use (see default_workers)
-    image_decode: str = field(default="auto", metadata={"choices": IMAGE_DECODES})
-    # ^ auto: as this CLIP's finished shards were (a dataset never mixes two), else draft. draft: JPEGs decoded
-    # at the smallest DCT scale still >= the model's input (1 - cos to full 2e-5, bench/README.md); full;
-    # device: torchvision's decode_jpeg on --device (nvJPEG on CUDA), resized there
+    image_decode: str = field(default="auto", metadata={"choices": IMAGE_DECODES})  # auto | draft | full | device
+    # auto: as this CLIP's finished shards were (a dataset never mixes two), else draft. draft: JPEGs decoded at
+    # the smallest DCT scale still >= the model's input (1 - cos to full 2e-5, bench/README.md); full; device:
+    # torchvision's decode_jpeg on --device (nvJPEG on CUDA), resized there
     # --- work split
     rank: int | None = None  # default: RANK / SLURM_PROCID
     world_size: int | None = None  # default: WORLD_SIZE / SLURM_NTASKS
