@@ -13,6 +13,10 @@ thread's CPU time, so every figure is per core and other load on the machine bar
 `--model` takes a real `-hf` checkpoint folder (only its config, tokenizer and processor files
 are read); the default is the tiny model, whose processor settings are the real ones and whose
 tokenizer is smaller.
+
+The render step is also timed with each image processor vLLM 0.33 can be told to use (`BACKENDS`:
+the engine's, `use_fast=True`, the slow PIL one, `device="cpu"`) on the same faces, per core, with
+each one's pixel values compared against the slow processor's (`backend_*` keys).
 """
 
 from __future__ import annotations
@@ -196,6 +200,71 @@ def processor_variants(model: str, n: int, repeats: int) -> dict[str, Any]:
     return out
 
 
+# Image-processor choices vLLM 0.33 documents for mm_processor_kwargs, on top of the engine's own kwargs.
+BACKENDS: dict[str, dict[str, Any]] = {
+    # the engine: transformers 5 loads the torchvision ("fast") GotOcr2ImageProcessor by default
+    "engine": {},
+    # vLLM's documented {"use_fast": True}: deprecated in transformers 5, it selects the same class
+    "use_fast": {"use_fast": True},
+    # the PIL ("slow") GotOcr2ImageProcessorPil; `backend="pil"` itself fails on the video processor
+    "slow_pil": {"use_fast": False},
+    # vLLM's {"device": ...} on this CPU: the torchvision processor moves each image there first
+    "device_cpu": {"device": "cpu"},
+}
+
+
+def _diff(a: Any, b: Any) -> tuple[float, float]:
+    d = (a.float() - b.float()).abs()
+    return float(d.max()), float(d.mean())
+
+
+def processor_backends(model: str, n: int, repeats: int, path_ms: float | None) -> dict[str, Any]:
+    """The render step with each image processor of `BACKENDS` on the same 448 faces (512 decodes
+    resized by Pillow, as the stage hands them), timed round-robin, best of `repeats`. Each one's
+    pixel values are compared with the slow (PIL) processor's on every image: as vLLM hands them to
+    the model (cast to the model dtype) and as the image processor returns them (float32).
+    `path_ms` (the 512 whole host path per image, engine processor) gives each one's host path."""
+    from pipeline.engines.vllm_engine import mm_processor_kwargs
+
+    faces = [resize(decode(make_jpeg(512, i % 10))) for i in range(n)]
+    base = mm_processor_kwargs(1, SIZE)
+    steps = {name: VLLMStep(model, {**base, **extra}) for name, extra in BACKENDS.items()}
+    for step in steps.values():
+        step.render(faces[:2])  # warm
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(repeats):
+        for name, step in steps.items():
+            best[name] = min(best[name], best_seconds(lambda step=step: step.render(faces), 1))
+    import torch
+
+    pixels, fp32 = {}, {}
+    for name, step in steps.items():
+        inputs = step.render(faces)
+        pixels[name] = torch.cat([ei["mm_kwargs"]["image"][0]["pixel_values"].data for ei in inputs])
+        image_processor = step.frontend.renderer.mm_processor.info.get_hf_processor().image_processor
+        call = {k: v for k, v in base.items() if k != "device"}
+        fp32[name] = image_processor(faces, return_tensors="pt", **call)["pixel_values"]
+    engine_render_ms = 1000 * best["engine"] / n
+    out: dict[str, Any] = {}
+    for name, step in steps.items():
+        ms = 1000 * best[name] / n
+        key = f"backend_{name}"
+        out[f"{key}_image_processor"] = type(
+            step.frontend.renderer.mm_processor.info.get_hf_processor().image_processor
+        ).__name__
+        out[f"{key}_render_ms"] = round(ms, 3)
+        out[f"{key}_render_img_s"] = round(1000 / ms, 1)
+        if path_ms is not None:
+            out[f"{key}_host_path_img_s"] = round(1000 / (path_ms - engine_render_ms + ms), 1)
+        out[f"{key}_prompt_tokens"] = step.tokens(step.render(faces[:1]))
+        out[f"{key}_pixel_dtype"] = str(pixels[name].dtype).removeprefix("torch.")
+        mx, mean = _diff(pixels[name], pixels["slow_pil"])
+        out[f"{key}_vs_slow_pixel_max_abs"], out[f"{key}_vs_slow_pixel_mean_abs"] = mx, mean
+        mx, mean = _diff(fp32[name], fp32["slow_pil"])
+        out[f"{key}_vs_slow_fp32_max_abs"], out[f"{key}_vs_slow_fp32_mean_abs"] = mx, mean
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=150)
@@ -229,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result.update(measure_side(side, root, args.n, args.repeats, step))
         if step is not None:
             result.update(processor_variants(model, args.n, args.repeats))
+            path_ms = 1000 / result["s512_host_path_img_s"]
+            result.update(processor_backends(model, args.n, args.repeats, path_ms))
     result[f"goal_{GOAL_IMG_S}_img_s_at_512"] = result["s512_host_path_img_s"] >= GOAL_IMG_S if vllm else None
     print(json.dumps(result))
     return result

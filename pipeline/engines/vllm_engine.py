@@ -50,7 +50,9 @@ def fresh_uuids(n: int) -> list[str]:
     return [uuid.uuid4().hex for _ in range(n)]
 
 
-def mm_processor_kwargs(max_dynamic_patch: int, image_size: int = TILE, hf_format: bool = True) -> dict[str, Any]:
+def mm_processor_kwargs(
+    max_dynamic_patch: int, image_size: int = TILE, hf_format: bool = True, device: str | None = None
+) -> dict[str, Any]:
     """Tiling settings, passing only keys the model's processor reads (others are dropped with a warning).
 
     - HF-format `-hf` checkpoints go through transformers' `InternVLProcessor`, whose defaults set
@@ -60,14 +62,27 @@ def mm_processor_kwargs(max_dynamic_patch: int, image_size: int = TILE, hf_forma
       values are identical; it saves about 0.3-0.5 ms of vLLM's ~5 ms front-end cost per image).
     - Remote-code checkpoints (`trust_remote_code`, `InternVLChatModel`) use vLLM's own InternVL
       image processor, which reads `max_dynamic_patch`.
+    - `device` (default: none, the processor runs on CPU) is vLLM's `mm_processor_kwargs["device"]`:
+      the torchvision image processor moves each image there before its transforms. vLLM 0.33 accepts
+      "cpu" anywhere, but refuses the accelerator ("cuda") when the instance also runs the language
+      model, as this engine always does: only an encode-only instance of an encode/prefill/decode
+      deployment may preprocess on the GPU. Only the HF-format processor reads it.
+    - `use_fast` is not passed: with transformers 5 the torchvision ("fast") image processor is
+      already the default, and `use_fast=True` changes nothing but adds two warnings (see docs/vllm.md).
     """
     if not hf_format:
+        if device is not None:
+            raise ValueError("mm_processor_device needs an -hf checkpoint: vLLM's InternVLChat processor has none")
         return {"max_dynamic_patch": max_dynamic_patch}
+    kwargs: dict[str, Any]
     if max_dynamic_patch > 1:
-        return {"crop_to_patches": True, "max_patches": max_dynamic_patch}
-    kwargs: dict[str, Any] = {"crop_to_patches": False}
-    if image_size == TILE:
-        kwargs["do_resize"] = False
+        kwargs = {"crop_to_patches": True, "max_patches": max_dynamic_patch}
+    else:
+        kwargs = {"crop_to_patches": False}
+        if image_size == TILE:
+            kwargs["do_resize"] = False
+    if device is not None:
+        kwargs["device"] = device
     return kwargs
 
 
@@ -81,6 +96,7 @@ def llm_kwargs(
     gpu_memory_utilization: float,
     dtype: str,
     image_size: int = TILE,
+    mm_processor_device: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM`; each one is an `EngineArgs` field (checked in the vllm tests)."""
     return {
@@ -94,7 +110,9 @@ def llm_kwargs(
         "limit_mm_per_prompt": {"image": 1, "video": 0},
         # Every face is a different image: caching processed inputs only costs memory.
         "mm_processor_cache_gb": 0,
-        "mm_processor_kwargs": mm_processor_kwargs(max_dynamic_patch, image_size, hf_format=not trust_remote_code),
+        "mm_processor_kwargs": mm_processor_kwargs(
+            max_dynamic_patch, image_size, hf_format=not trust_remote_code, device=mm_processor_device
+        ),
         "enable_prefix_caching": True,
         "structured_outputs_config": dict(STRUCTURED_OUTPUTS_CONFIG),
     }
@@ -203,7 +221,10 @@ class VLLMEngine:
         max_model_len: int = 4096,
         gpu_memory_utilization: float = 0.9,
         dtype: str = "auto",
+        mm_processor_device: str | None = None,
     ) -> None:
+        """`mm_processor_device`: where vLLM's image processor runs (see `mm_processor_kwargs`); default
+        none, on CPU. vLLM 0.33 refuses "cuda" here, since this engine also runs the language model."""
         try:
             import vllm
         except ImportError as e:
@@ -220,6 +241,7 @@ class VLLMEngine:
             gpu_memory_utilization,
             dtype,
             image_size,
+            mm_processor_device,
         )
         self.llm = vllm.LLM(**kwargs)
         self.max_new_tokens = max_new_tokens
