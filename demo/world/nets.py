@@ -25,7 +25,7 @@ from training.models.iresnet import IRESNET_SMALL, IResNet
 
 ID_SHAPE = IRESNET_SMALL["world"]  # the encoder the swapper trains against
 JUDGE_SHAPE = {"layers": (1, 1, 1, 1), "widths": (12, 24, 48, 96), "input_size": 32}  # evaluation only
-ATTR_SHAPE = {"layers": (1, 1, 1, 1), "widths": (16, 32, 64, 128), "input_size": 64}
+ATTR_SHAPE = {"layers": (1, 1, 1, 1), "widths": (16, 32, 64, 128), "input_size": 48}
 
 
 def to_unit(x_u8: Tensor) -> Tensor:

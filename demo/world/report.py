@@ -85,7 +85,7 @@ def markdown(rows: dict[str, dict[str, Any]], nets: dict[str, Any], config: dict
         f"top-1 {100 * ident.get('top1', 0):.1f}%, top-5 {100 * ident.get('top5', 0):.1f}% |",
         f"| judge recogniser (IResNet 12-96, 32 px, another seed) | evaluation only | top-1 "
         f"{100 * judge.get('top1', 0):.1f}%, top-5 {100 * judge.get('top5', 0):.1f}% |",
-        f"| attribute net (IResNet 16-128, 64 px) | evaluation only | yaw {attr.get('yaw_err', 0):.1f} deg, "
+        f"| attribute net (IResNet 16-128, 48 px) | evaluation only | yaw {attr.get('yaw_err', 0):.1f} deg, "
         f"pitch {attr.get('pitch_err', 0):.1f} deg, expression {100 * attr.get('expr_acc', 0):.1f}% (chance 25%) |",
         "| CLIP (open_clip ViT, 64 px, patch 16) | the CLIP losses | learns background and lighting more than pose |",
         "",

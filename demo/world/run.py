@@ -50,7 +50,7 @@ class WorldConfig:
     heldout_per_id: int = 10
     id_steps: int = 200
     judge_steps: int = 200
-    attr_steps: int = 250
+    attr_steps: int = 200
     clip_steps: int = 150
     warm_steps: int = 300
     steps: int = 120
