@@ -374,7 +374,8 @@ def format_plan(cfg: PublishConfig, summary: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _step(name: str) -> Iterator[None]:
+def named_step(name: str) -> Iterator[None]:
+    """An OSError inside becomes StepFailed naming the step (the Hub, the network, the local disk)."""
     try:
         yield
     except OSError as e:  # Hub and network errors are OSErrors too (offline mode, 401, 403, ...)
@@ -386,7 +387,7 @@ def upload(cfg: PublishConfig, stage: Path, gate: bool) -> None:
     from huggingface_hub import HfApi
 
     api = HfApi()
-    with _step(f"upload: creating the repo {cfg.repo_id}"):
+    with named_step(f"upload: creating the repo {cfg.repo_id}"):
         api.create_repo(cfg.repo_id, repo_type="dataset", private=cfg.private, exist_ok=True)
         info = api.repo_info(cfg.repo_id, repo_type="dataset")
     if cfg.private and not info.private:
@@ -395,13 +396,13 @@ def upload(cfg: PublishConfig, stage: Path, gate: bool) -> None:
             "make it private on the Hub first, or publish elsewhere"
         )
     if gate and not info.private and not info.gated:
-        with _step("upload: gating the repo (manual approval)"):
+        with named_step("upload: gating the repo (manual approval)"):
             api.update_repo_settings(cfg.repo_id, repo_type="dataset", gated="manual")
     if cfg.revision:
-        with _step(f"upload: creating the branch {cfg.revision}"):
+        with named_step(f"upload: creating the branch {cfg.revision}"):
             api.create_branch(cfg.repo_id, branch=cfg.revision, repo_type="dataset", exist_ok=True)
     common = {"repo_id": cfg.repo_id, "folder_path": stage, "repo_type": "dataset", "revision": cfg.revision}
-    with _step("upload: sending the staged files"):
+    with named_step("upload: sending the staged files"):
         if hasattr(api, "upload_large_folder"):  # huggingface_hub < 2: the resumable multi-commit uploader
             api.upload_large_folder(**common, private=cfg.private, ignore_patterns=[MARKER])
         else:  # huggingface_hub >= 2 folded it into upload_folder (streamed, multi-commit, resumable with hf_xet)
@@ -425,7 +426,7 @@ def run(cfg: PublishConfig) -> dict[str, Any]:
 
     info = source_info(plan)
     restricted = cfg.include_images and not info.images_redistributable
-    with _step(f"staging into {stage} (local disk)"):
+    with named_step(f"staging into {stage} (local disk)"):
         stage.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{stage.name}.", suffix=".tmp", dir=stage.parent))
         try:

@@ -35,7 +35,6 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,7 +48,7 @@ from pipeline.cli import fail, parse_config, stage_main
 from pipeline.dataset import DatasetDir, atomic_open, atomic_write_bytes
 from pipeline.hub import public_model_name, source_info, source_of
 from pipeline.publish import MARKER as DATASET_STAGE_MARKER
-from pipeline.publish import StepFailed, replace_stage, token_source
+from pipeline.publish import StepFailed, named_step, replace_stage, token_source
 from swapper.metrics.report import HEADERS, markdown_table, paper_rows, run_row
 from training.artifact import (
     EMAP_FILE,
@@ -482,28 +481,20 @@ def render_card(
 # ---------------------------------------------------------------- upload
 
 
-@contextlib.contextmanager
-def _step(name: str) -> Iterator[None]:
-    try:
-        yield
-    except OSError as e:  # Hub and network errors are OSErrors too (offline mode, 401, 403, ...)
-        raise StepFailed(name, e) from e
-
-
 def upload(cfg: PublishModelConfig, stage: Path, message: str) -> None:
     """Create the repo (private when asked), the branch, then upload the staged folder in one call."""
     from huggingface_hub import HfApi
 
     api = HfApi()  # the token: HF_TOKEN or the saved login, read by huggingface_hub; never here
-    with _step(f"upload: creating the repo {cfg.repo_id}"):
+    with named_step(f"upload: creating the repo {cfg.repo_id}"):
         api.create_repo(cfg.repo_id, repo_type="model", private=cfg.private, exist_ok=True)
         info = api.repo_info(cfg.repo_id, repo_type="model")
     if cfg.private and not info.private:
         raise ValueError(f"{cfg.repo_id} already exists and is public, so --private cannot be honoured")
     if cfg.revision:
-        with _step(f"upload: creating the branch {cfg.revision}"):
+        with named_step(f"upload: creating the branch {cfg.revision}"):
             api.create_branch(cfg.repo_id, branch=cfg.revision, repo_type="model", exist_ok=True)
-    with _step("upload: sending the staged files"):
+    with named_step("upload: sending the staged files"):
         api.upload_folder(
             repo_id=cfg.repo_id,
             folder_path=stage,
@@ -548,7 +539,7 @@ def run(cfg: PublishModelConfig) -> dict[str, Any]:
     if cfg.emap is not None:
         source_rec.update(emap=str(Path(cfg.emap).resolve()), use_emap=True)
 
-    with _step(f"staging into {stage} (local disk)"):
+    with named_step(f"staging into {stage} (local disk)"):
         stage.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{stage.name}.", suffix=".tmp", dir=stage.parent))
         try:

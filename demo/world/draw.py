@@ -178,22 +178,18 @@ def face_hair(labels: np.ndarray) -> np.ndarray:
 def write_alphaface(world: dict[str, np.ndarray], root: Path) -> int:
     """The training split in the official AlphaFace layout (img/N.png, mask/N.png white where the swap may
     repaint, txt/N.txt the caption), which `pipeline.caption --source alphaface --engine existing` reads."""
-    from pipeline.dataset import atomic_write_bytes
+    from pipeline.dataset import atomic_open, atomic_write_bytes
+
+    def png(path: Path, array: np.ndarray) -> None:
+        with atomic_open(path) as f:
+            Image.fromarray(array).save(f, format="PNG")
 
     rows = np.where(world["split"] == 0)[0]
     masks = face_hair(world["labels"][rows])
     for sub in ("img", "mask", "txt"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for n, (row, mask) in enumerate(zip(rows, masks, strict=True)):
-        atomic_write_bytes(root / "img" / f"{n}.png", _png(world["images"][row]))
-        atomic_write_bytes(root / "mask" / f"{n}.png", _png(mask.astype(np.uint8) * 255))
+        png(root / "img" / f"{n}.png", world["images"][row])
+        png(root / "mask" / f"{n}.png", mask.astype(np.uint8) * 255)
         atomic_write_bytes(root / "txt" / f"{n}.txt", (str(world["caption"][row]) + "\n").encode())
     return len(rows)
-
-
-def _png(array: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()

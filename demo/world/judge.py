@@ -22,6 +22,8 @@ from torch import Tensor
 
 from demo.world.draw import face_hair
 from demo.world.nets import AttrNet, gallery, images_tensor, predict, to_unit
+from pipeline.dataset import atomic_open
+from swapper.metrics.retrieval import rank
 from training.models.iresnet import IResNet
 
 GALLERY_PER_ID = 4
@@ -59,18 +61,17 @@ class Judge:
         """`swaps` (N, 3, S, S) in [0, 1] for the pairs (src, tgt)."""
         w = self.world
         x = F.interpolate(swaps, size=self.recogniser.input_size, mode="bilinear", align_corners=False)
-        sims = F.normalize(torch.cat([self.recogniser(c * 2 - 1) for c in x.split(256)]), dim=-1) @ self.vectors.T
+        emb = torch.cat([self.recogniser(c * 2 - 1) for c in x.split(256)]).numpy()
         col = {u: k for k, u in enumerate(self.ids.tolist())}
-        ys = torch.tensor([col[u] for u in w["identity"][src].tolist()])
-        yt = torch.tensor([col[u] for u in w["identity"][tgt].tolist()])
-        rank = (sims > sims.gather(1, ys[:, None])).sum(1)
+        ranks, _ = rank(emb, [col[u] for u in w["identity"][src]], self.vectors.numpy())  # the source's entry
+        target_ranks, _ = rank(emb, [col[u] for u in w["identity"][tgt]], self.vectors.numpy())
         pose, logits = predict(self.attr, swaps)
         changed = (swaps - to_unit(images_tensor(w, tgt))).abs().amax(1) > 0.1  # (N, S, S)
         outside = ~self.region[tgt]
         return {
-            "id_top1": float((rank == 0).float().mean()),
-            "id_top5": float((rank < 5).float().mean()),
-            "id_target_top1": float((sims.argmax(1) == yt).float().mean()),
+            "id_top1": float((ranks < 1).mean()),
+            "id_top5": float((ranks < 5).mean()),
+            "id_target_top1": float((target_ranks < 1).mean()),
             "yaw_err": float((pose[:, 0] - torch.from_numpy(w["yaw"][tgt])).abs().mean()),
             "pitch_err": float((pose[:, 1] - torch.from_numpy(w["pitch"][tgt])).abs().mean()),
             "expr_acc": float((logits.argmax(1) == torch.from_numpy(w["expression"][tgt])).float().mean()),
@@ -93,8 +94,6 @@ def swap_pairs(generator: torch.nn.Module, identity: torch.nn.Module, world: dic
 def grid(path: Path, world: dict[str, np.ndarray], src: np.ndarray, tgt: np.ndarray, swaps: Tensor,
          rows: int = 8) -> None:  # fmt: skip
     """source | target | swap, `rows` pairs in two columns, upscaled 2x (nearest)."""
-    from pipeline.dataset import atomic_write_bytes
-
     cells = []
     for k in range(rows):
         swap = (swaps[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -103,9 +102,5 @@ def grid(path: Path, world: dict[str, np.ndarray], src: np.ndarray, tgt: np.ndar
     left, right = np.concatenate(cells[:half], 0), np.concatenate(cells[half:], 0)
     right = np.pad(right, ((0, left.shape[0] - right.shape[0]), (0, 0), (0, 0)), constant_values=255)
     img = np.concatenate([left, np.full((left.shape[0], 8, 3), 255, np.uint8), right], 1)
-    image = Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST)
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    with atomic_open(path) as f:
+        Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(f, format="PNG")

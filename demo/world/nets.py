@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from swapper.metrics.retrieval import rank
 from training.models.iresnet import IRESNET_SMALL, IResNet
 
 ID_SHAPE = IRESNET_SMALL["world"]  # the encoder the swapper trains against
@@ -138,10 +139,9 @@ def retrieval(net: IResNet, world: dict[str, np.ndarray], per_id: int) -> dict[s
     rows = np.where(world["split"] == 1)[0]
     probes = np.concatenate([rows[world["identity"][rows] == u][per_id:] for u in uniq])
     col = {u: k for k, u in enumerate(uniq.tolist())}
-    y = torch.tensor([col[u] for u in world["identity"][probes].tolist()])
-    sims = embed(net, images_tensor(world, probes)) @ vectors.T
-    rank = (sims > sims.gather(1, y[:, None])).sum(1)
-    return {"top1": float((rank == 0).float().mean()), "top5": float((rank < 5).float().mean())}
+    ranks, _ = rank(embed(net, images_tensor(world, probes)).numpy(), [col[u] for u in world["identity"][probes]],
+                    vectors.numpy())  # fmt: skip
+    return {"top1": float((ranks < 1).mean()), "top5": float((ranks < 5).mean())}
 
 
 # ---------------------------------------------------------------------------------------------
