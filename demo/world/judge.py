@@ -1,17 +1,21 @@
-"""The world's table: held-out (source, target) pairs swapped and measured as the paper measures FF++.
+"""The world's table: held-out (source, target) pairs swapped and measured by `swapper.evaluate --protocol
+pairs`, the stage that measures FF++, with the world's metric networks (`world:PATH`) and its truth.
 
-- ID retrieval: the judge recogniser (never trained against) embeds each swap; the gallery holds each
-  held-out identity's mean embedding over its first `GALLERY_PER_ID` images, which no pair uses. Top-1 and
-  top-5 of the source's identity (and, beside it, how often the target's identity still wins).
-- Pose and expression: the attribute net's yaw and pitch against the target's drawn yaw and pitch (mean
-  absolute error, degrees), and its expression against the target's drawn one (accuracy).
-- Outside the face: the fraction of pixels outside the target's face-and-hair region (dilated by 2 px) that
-  the swap changed by more than 0.1 in any channel.
+`export` writes the held-out identities as files evaluate reads:
+- `faces/IDENTITY/ROW.png`, and `pairs.txt` (`TARGET SOURCE`): pairs of two different identities, from
+  outside the gallery;
+- `gallery/IDENTITY/`: each identity's first `GALLERY_PER_ID` images, which no pair uses. ID top-1 and
+  top-5: the judge recogniser (never trained against) retrieves the source's identity among them all;
+  target ID top-1: how often the target's identity still wins;
+- `truth.jsonl`: each target's drawn yaw, pitch and expression. The attribute net's yaw and pitch of the
+  swap against them (mean absolute error, degrees), and its expression (accuracy);
+- `masks/IDENTITY/ROW.png`: the target's face-and-hair region, dilated by 2 px. Outside changed: the
+  fraction of pixels outside it that the swap changed by more than 0.1 in any channel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +25,8 @@ from PIL import Image
 from torch import Tensor
 
 from demo.world.draw import face_hair
-from demo.world.nets import AttrNet, gallery, images_tensor, predict, to_unit
-from pipeline.dataset import atomic_open
-from swapper.metrics.retrieval import rank
-from training.models.iresnet import IResNet
+from demo.world.nets import images_tensor, to_unit
+from pipeline.dataset import atomic_open, atomic_write_bytes, atomic_write_json
 
 GALLERY_PER_ID = 4
 COLUMNS = ("id_top1", "id_top5", "id_target_top1", "yaw_err", "pitch_err", "expr_acc", "outside_changed")
@@ -45,49 +47,60 @@ def heldout_pairs(world: dict[str, np.ndarray], n: int, seed: int = 0) -> tuple[
     return np.array(src), np.array(tgt)
 
 
-@dataclass
-class Judge:
-    world: dict[str, np.ndarray]
-    recogniser: IResNet
-    attr: AttrNet
+def export(world: dict[str, np.ndarray], folder: Path, pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out files (kept when `folder/done.json` says they are complete); returns the pairs' rows."""
+    src, tgt = heldout_pairs(world, pairs)
+    if (folder / "done.json").is_file():
+        return src, tgt
+    rows = np.where(world["split"] == 1)[0]
+    ids = world["identity"]
+    region = torch.from_numpy(face_hair(world["labels"][rows])).float()[:, None]
+    masks = (F.max_pool2d(region, 5, 1, 2) > 0)[:, 0].numpy()  # face, hair, ears and 2 px
+    rel = {int(r): f"{ids[r]:04d}/{r:05d}.png" for r in rows}
+    gallery = {int(r) for u in np.unique(ids[rows]) for r in rows[ids[rows] == u][:GALLERY_PER_ID]}
+    truth = []
+    for k, r in enumerate(rows.tolist()):
+        for sub, pixels in (("gallery" if r in gallery else "faces", world["images"][r]), ("masks", masks[k])):
+            with atomic_open(folder / sub / rel[r]) as f:
+                Image.fromarray(pixels.astype(np.uint8) * (255 if sub == "masks" else 1)).save(f, format="PNG")
+        truth.append({"image": rel[r], "yaw": float(world["yaw"][r]), "pitch": float(world["pitch"][r]),
+                      "expression": int(world["expression"][r])})  # fmt: skip
+    atomic_write_bytes(folder / "truth.jsonl", "".join(json.dumps(t) + "\n" for t in truth).encode())
+    atomic_write_bytes(folder / "pairs.txt", "".join(f"{rel[t]} {rel[s]}\n" for s, t in zip(src, tgt)).encode())
+    atomic_write_json(folder / "done.json", {"pairs": len(src), "identities": int(len(np.unique(ids[rows])))})
+    return src, tgt
 
-    def __post_init__(self) -> None:
-        self.ids, self.vectors = gallery(self.recogniser, self.world, GALLERY_PER_ID)
-        region = torch.from_numpy(face_hair(self.world["labels"])).float()[:, None]
-        self.region = (F.max_pool2d(region, 5, 1, 2) > 0)[:, 0]  # (N, S, S): face, hair, ears and 2 px
 
-    @torch.no_grad()
-    def __call__(self, swaps: Tensor, src: np.ndarray, tgt: np.ndarray) -> dict[str, float]:
-        """`swaps` (N, 3, S, S) in [0, 1] for the pairs (src, tgt)."""
-        w = self.world
-        x = F.interpolate(swaps, size=self.recogniser.input_size, mode="bilinear", align_corners=False)
-        emb = torch.cat([self.recogniser(c * 2 - 1) for c in x.split(256)]).numpy()
-        col = {u: k for k, u in enumerate(self.ids.tolist())}
-        ranks, _ = rank(emb, [col[u] for u in w["identity"][src]], self.vectors.numpy())  # the source's entry
-        target_ranks, _ = rank(emb, [col[u] for u in w["identity"][tgt]], self.vectors.numpy())
-        pose, logits = predict(self.attr, swaps)
-        changed = (swaps - to_unit(images_tensor(w, tgt))).abs().amax(1) > 0.1  # (N, S, S)
-        outside = ~self.region[tgt]
-        return {
-            "id_top1": float((ranks < 1).mean()),
-            "id_top5": float((ranks < 5).mean()),
-            "id_target_top1": float((target_ranks < 1).mean()),
-            "yaw_err": float((pose[:, 0] - torch.from_numpy(w["yaw"][tgt])).abs().mean()),
-            "pitch_err": float((pose[:, 1] - torch.from_numpy(w["pitch"][tgt])).abs().mean()),
-            "expr_acc": float((logits.argmax(1) == torch.from_numpy(w["expression"][tgt])).float().mean()),
-            "outside_changed": float((changed & outside).sum() / outside.sum()),
-        }
+def evaluate(checkpoint: str, heldout: Path, nets: Path, output: Path) -> dict[str, float]:
+    """`swapper.evaluate --protocol pairs` on the held-out pairs; the row's figures as fractions and degrees."""
+    from swapper.evaluate import stage
+
+    faces = str(heldout / "faces")
+    m = stage.main([
+        "--protocol", "pairs", "--checkpoint", checkpoint, "--output", str(output), "--image-size", "64",
+        "--source", faces, "--target", faces, "--pairs", str(heldout / "pairs.txt"),
+        "--gallery", str(heldout / "gallery"), "--truth", str(heldout / "truth.jsonl"),
+        "--target-masks", str(heldout / "masks"), "--id-model", f"world:{nets / 'judge.safetensors'}",
+        "--pose-model", f"world:{nets / 'attributes.safetensors'}",
+        "--expr-model", f"world:{nets / 'attributes.safetensors'}",
+        "--latency-runs", "0", "--device", "cpu", "--no-progress",
+    ])["metrics"]  # fmt: skip
+    return {
+        "id_top1": m["id_retrieval"]["top1"] / 100, "id_top5": m["id_retrieval"]["top5"] / 100,
+        "id_target_top1": m["target_id_retrieval"]["top1"] / 100,
+        "yaw_err": m["yaw_error"]["mean"], "pitch_err": m["pitch_error"]["mean"],
+        "expr_acc": m["expression_accuracy"] / 100, "outside_changed": m["outside_changed"] / 100,
+    }  # fmt: skip
 
 
 @torch.no_grad()
 def swap_pairs(generator: torch.nn.Module, identity: torch.nn.Module, world: dict[str, np.ndarray],
-               src: np.ndarray, tgt: np.ndarray, zero_identity: bool = False) -> Tensor:  # fmt: skip
-    """The generator's swaps of the pairs, (N, 3, S, S) in [0, 1]; `zero_identity` feeds it no identity."""
+               src: np.ndarray, tgt: np.ndarray) -> Tensor:  # fmt: skip
+    """The generator's swaps of the pairs, (N, 3, S, S) in [0, 1] (for the grids; evaluate measures its own)."""
     out = []
     for i in range(0, len(src), 128):
         source, target = (to_unit(images_tensor(world, rows[i : i + 128])) for rows in (src, tgt))
-        z = identity(source)
-        out.append(generator(target, torch.zeros_like(z) if zero_identity else z).clamp(0, 1))
+        out.append(generator(target, identity(source)).clamp(0, 1))
     return torch.cat(out)
 
 

@@ -4,15 +4,14 @@ ArcFace-margin head) and the attribute net (yaw and pitch regression, expression
 The identity encoder the swapper trains against is `id_arch: world` (training.models.iresnet.IRESNET_SMALL)
 in arcface_torch's key layout, so `--set id_weights=...` loads it like any ArcFace backbone. The judge and
 the attribute net are for evaluation only, with their own seeds and widths: a swapper is never judged by a
-network it trained against. All see blurred, noisy, shifted and re-lit faces, so that they measure faces
-and not sharpness (a pose regressor trained on clean images reads a blurred face 20 degrees wrong).
+network it trained against. Their files are swapper.metrics.world's, so `swapper.evaluate --id-model
+world:PATH` loads them. All see blurred, noisy, shifted and re-lit faces, so that they measure faces and not
+sharpness (a pose regressor trained on clean images reads a blurred face 20 degrees wrong).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from swapper.metrics.retrieval import rank
+from swapper.metrics.world import AttrNet
 from training.models.iresnet import IRESNET_SMALL, IResNet
 
 ID_SHAPE = IRESNET_SMALL["world"]  # the encoder the swapper trains against
@@ -148,22 +148,6 @@ def retrieval(net: IResNet, world: dict[str, np.ndarray], per_id: int) -> dict[s
 # Attribute net
 
 
-class AttrNet(nn.Module):
-    """Yaw and pitch in degrees, and the expression's logits (4 classes), from a [0, 1] image."""
-
-    def __init__(self, layers: tuple[int, ...], widths: tuple[int, ...], input_size: int) -> None:
-        super().__init__()
-        self.backbone = IResNet(layers=layers, widths=widths, input_size=input_size)
-        self.head = nn.Linear(512, 2 + 4)
-        self.input_size = input_size
-
-    def forward(self, x01: Tensor) -> tuple[Tensor, Tensor]:
-        if x01.shape[-1] != self.input_size:
-            x01 = F.interpolate(x01, size=self.input_size, mode="bilinear", align_corners=False)
-        h = self.head(F.relu(self.backbone(x01 * 2 - 1)))
-        return h[:, :2] * 30.0, h[:, 2:]
-
-
 def train_attr(
     world: dict[str, np.ndarray], seed: int, steps: int, batch: int = 128, lr: float = 2e-3, progress: bool = True
 ) -> AttrNet:
@@ -194,39 +178,3 @@ def train_attr(
 def predict(net: AttrNet, images01: Tensor, batch: int = 256) -> tuple[Tensor, Tensor]:
     outs = [net(images01[i : i + batch]) for i in range(0, len(images01), batch)]
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-
-
-# ---------------------------------------------------------------------------------------------
-# Files: safetensors, the shape in the metadata
-
-
-def save(net: nn.Module, path: Path, meta: dict[str, Any]) -> None:
-    from safetensors.torch import save
-
-    from pipeline.dataset import atomic_write_bytes
-
-    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
-    atomic_write_bytes(path, save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
-
-
-def _load(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), "pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return load_file(str(path)), meta
-
-
-def load_recogniser(path: Path) -> IResNet:
-    state, meta = _load(path)
-    net = IResNet(layers=tuple(meta["layers"]), widths=tuple(meta["widths"]), input_size=meta["input_size"])
-    net.load_state_dict(state, strict=True)
-    return net.eval()
-
-
-def load_attr(path: Path) -> AttrNet:
-    state, meta = _load(path)
-    net = AttrNet(tuple(meta["layers"]), tuple(meta["widths"]), meta["input_size"])
-    net.load_state_dict(state, strict=True)
-    return net.eval()

@@ -73,6 +73,7 @@ def markdown(rows: dict[str, dict[str, Any]], nets: dict[str, Any], config: dict
     ident, judge, attr = nets.get("identity", {}), nets.get("judge", {}), nets.get("attributes", {})
     lines += [
         "",
+        "Every row is measured by `python -m swapper.evaluate --protocol pairs` (its own report: eval/ROW/). "
         "ID: the judge recogniser's retrieval of the source's identity among all held-out identities; target ID: "
         "how often the target's identity still wins. Yaw, pitch and expression: the attribute net against the "
         "target's drawn truth. Outside changed: pixels outside the target's face and hair changed by more than 0.1.",

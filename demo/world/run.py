@@ -193,25 +193,24 @@ def train_all(cfg: WorldConfig, dataset: Path, record: dict[str, Any]) -> dict[s
 
 def judge_all(cfg: WorldConfig, world: dict[str, np.ndarray], record: dict[str, Any],
               finals: dict[str, dict[str, Path]]) -> dict[str, dict[str, dict[str, float]]]:  # fmt: skip
+    """Each row measured by `swapper.evaluate --protocol pairs` on the held-out files (DIR/eval/ROW), with the
+    judge recogniser and the attribute net, which no swapper trained against; a grid of each row's swaps."""
     from demo.world import judge as J
-    from demo.world.nets import images_tensor, load_attr, load_recogniser, to_unit
-    from training.artifact import load_generator
-    from training.models.identity import build_identity
+    from training.artifact import load_generator, load_identity
 
-    _log("judging held-out swaps (judge recogniser and attribute net, never trained against)")
-    judge = J.Judge(world, load_recogniser(cfg.out / "nets" / "judge.safetensors"),
-                    load_attr(cfg.out / "nets" / "attributes.safetensors"))  # fmt: skip
-    identity = build_identity("world", record["paths"]["identity"], None, use_emap=False)
-    src, tgt = J.heldout_pairs(world, cfg.pairs)
+    _log("judging held-out swaps: swapper.evaluate --protocol pairs with the world's judge and attribute net")
+    heldout, nets, evals = cfg.out / "heldout", cfg.out / "nets", cfg.out / "eval"
+    src, tgt = J.export(world, heldout, cfg.pairs)
     results: dict[str, dict[str, dict[str, float]]] = {
-        "baseline:source": {"-": judge(to_unit(images_tensor(world, src)), src, tgt)},
-        "baseline:target": {"-": judge(to_unit(images_tensor(world, tgt)), src, tgt)},
+        row: {"-": J.evaluate(row, heldout, nets, evals / row.replace(":", "_"))}
+        for row in ("baseline:source", "baseline:target")
     }
     for name, per_seed in finals.items():
         for seed, final in per_seed.items():
-            generator, _ = load_generator(final)
-            swaps = J.swap_pairs(generator, identity, world, src, tgt)
-            results.setdefault(name, {})[seed] = judge(swaps, src, tgt)
+            results.setdefault(name, {})[seed] = J.evaluate(str(final), heldout, nets, evals / f"{name}_s{seed}")
+            generator, spec = load_generator(final)
+            identity = load_identity(spec, argparse.Namespace(id_weights=None, emap=None, id_arch=None))
+            swaps = J.swap_pairs(generator, identity, world, src[:8], tgt[:8])
             J.grid(cfg.out / f"grid_{name}_s{seed}.png", world, src, tgt, swaps)
     return results
 

@@ -34,6 +34,14 @@ class EvalConfig:
     target: Path | None = None  # folder of aligned target faces
     pairs: Path | None = None  # lines `TARGET SOURCE` (paths inside --target / --source); default: sorted order
     chunk_size: int = 256  # pairs per resumable part
+    gallery: Path | None = (
+        None  # folder of IDENTITY/ images: the gallery is each identity's mean, a source's identity its first folder
+    )
+    truth: Path | None = (
+        None  # JSON lines {"image": TARGET, "yaw": deg, "pitch": deg, "expression": class}: errors against it
+    )
+    target_masks: Path | None = None  # masks (TARGET's path, .png; white = the face a swap may change): outside_changed
+    outside_threshold: float = 0.1  # a pixel outside the mask counts as changed when a channel moved more than this
     # --- both
     limit: int | None = None  # evaluate the first N pairs only
     crop: str = field(default="ffhq", metadata={"choices": tuple(sorted(CROPS))})  # the generator's crop framing
@@ -64,6 +72,10 @@ class EvalConfig:
             raise ValueError(f"--crop must be one of {sorted(CROPS)}, got {self.crop!r}")
         if self.image_size is not None and (self.image_size < 16 or self.image_size % 4):
             raise ValueError("--image-size must be a multiple of 4, >= 16")
+        if self.protocol != "pairs" and (self.gallery or self.truth or self.target_masks):
+            raise ValueError("--gallery, --truth and --target-masks are for --protocol pairs")
+        if not 0 <= self.outside_threshold < 1:
+            raise ValueError("--outside-threshold must be in [0, 1)")
         if self.detector is not None:
             kind, _, arg = self.detector.partition(":")
             if not (self.detector == "mtcnn" or (kind in ("scrfd", "landmarks") and arg)):

@@ -33,6 +33,7 @@ class Unit:
     source_arcface: list[np.ndarray] = field(default_factory=list)  # (112, 112, 3) uint8 per row (ffpp)
     source_paths: list[Path] = field(default_factory=list)  # per row (pairs)
     gallery: dict[str, list[np.ndarray]] = field(default_factory=dict)  # source key -> its (S, S, 3) crops
+    masks: list[np.ndarray] = field(default_factory=list)  # (S, S) bool per row: where the swap may change (pairs)
 
 
 @dataclass
@@ -80,10 +81,14 @@ def measure(unit: Unit, swapper: Any, models: Models, cfg: EvalConfig, device: t
         arrays["fid_swap"], arrays["fid_target"] = features(models.fid, swap, bs), features(models.fid, targets, bs)
     pose_err = np.linalg.norm(pose_s.astype(np.float64) - pose_t, axis=1)
     exp_err = np.linalg.norm(exp_s.astype(np.float64) - exp_t, axis=1)
+    axes = against_truth(unit.rows, pose_s, pose_t, exp_s, exp_t, getattr(models.expression, "classes", None))
+    outside = outside_changed(swap, targets, unit.masks, cfg.outside_threshold) if unit.masks else np.full(n, np.nan)
     rows = []
     for i, row in enumerate(unit.rows):
         rows.append({
-            **row,
+            **ROW_DEFAULTS, "source_key": row["source"], "target_key": row["target"], **row,
+            "yaw_error": float(axes[0][i]), "pitch_error": float(axes[1][i]),
+            "expression_match": _or_null(axes[2][i]), "outside_changed": _or_null(outside[i]),
             "yaw": float(pose_s[i, 0]), "pitch": float(pose_s[i, 1]), "roll": float(pose_s[i, 2]),
             "target_yaw": float(pose_t[i, 0]), "target_pitch": float(pose_t[i, 1]), "target_roll": float(pose_t[i, 2]),
             "pose_error": float(pose_err[i]),
@@ -92,13 +97,57 @@ def measure(unit: Unit, swapper: Any, models: Models, cfg: EvalConfig, device: t
     return {"rows": rows, "arrays": arrays}
 
 
+def _or_null(x: float) -> float | None:
+    """Not measured (no classifier, no mask) is null in the rows, so tables of equal runs compare equal."""
+    return None if np.isnan(x) else float(x)
+
+
+def against_truth(
+    rows: list[dict[str, Any]],
+    pose_s: np.ndarray,
+    pose_t: np.ndarray,
+    exp_s: np.ndarray,
+    exp_t: np.ndarray,
+    classes: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: |yaw| and |pitch| error of the swap, and whether its expression class matches (NaN unless the
+    expression model is a classifier), each against the row's truth where --truth gave one, else the target's
+    own estimate."""
+
+    def ref(key: str, estimate: np.ndarray) -> np.ndarray:
+        given = [row.get(key) for row in rows]
+        return np.array([estimate[i] if g is None else g for i, g in enumerate(given)], np.float64)
+
+    yaw = np.abs(pose_s[:, 0] - ref("truth_yaw", pose_t[:, 0]))
+    pitch = np.abs(pose_s[:, 1] - ref("truth_pitch", pose_t[:, 1]))
+    if not classes:
+        return yaw, pitch, np.full(len(rows), np.nan)
+    return yaw, pitch, (exp_s.argmax(1) == ref("truth_expression", exp_t.argmax(1))).astype(np.float64)
+
+
+def outside_changed(swap: torch.Tensor, targets: torch.Tensor, masks: list[np.ndarray], threshold: float) -> np.ndarray:
+    """Per row: the fraction of pixels outside the mask whose largest channel change exceeds `threshold`
+    (both 8-bit images; NaN where the mask covers everything)."""
+    changed = ((swap - targets).abs().amax(1) > threshold + 1e-6).cpu().numpy()  # (n, S, S)
+    outside = ~np.stack(masks)
+    count = outside.sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (changed & outside).sum((1, 2)) / count, np.nan)
+
+
 ROW_SCHEMA = pa.schema([
     ("pair", pa.string()), ("target", pa.string()), ("source", pa.string()),
     ("target_frame", pa.int32()), ("source_frame", pa.int32()), ("slot", pa.int32()),
     ("yaw", pa.float32()), ("pitch", pa.float32()), ("roll", pa.float32()),
     ("target_yaw", pa.float32()), ("target_pitch", pa.float32()), ("target_roll", pa.float32()),
     ("pose_error", pa.float64()), ("expression_error", pa.float64()),
+    ("source_key", pa.string()), ("target_key", pa.string()),
+    ("truth_yaw", pa.float64()), ("truth_pitch", pa.float64()), ("truth_expression", pa.int32()),
+    ("yaw_error", pa.float64()), ("pitch_error", pa.float64()), ("expression_match", pa.float64()),
+    ("outside_changed", pa.float64()),
 ])  # fmt: skip
+# the columns a part written before they existed lacks, and a row without truth holds
+ROW_DEFAULTS: dict[str, Any] = {"truth_yaw": None, "truth_pitch": None, "truth_expression": None}
 
 
 def part_paths(output: Path, name: str) -> tuple[Path, Path]:
@@ -118,7 +167,12 @@ def read_part(output: Path, name: str) -> tuple[pa.Table, dict[str, np.ndarray]]
     npz, parquet = part_paths(output, name)
     with np.load(npz, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    return pq.read_table(parquet), arrays
+    table = pq.read_table(parquet)
+    for name in ROW_SCHEMA.names:  # a part from before a column existed: its keys, and NaNs
+        if name not in table.column_names:
+            f, like = ROW_SCHEMA.field(name), {"source_key": "source", "target_key": "target"}.get(name)
+            table = table.append_column(f, table.column(like) if like else pa.nulls(table.num_rows, f.type))
+    return table.select(ROW_SCHEMA.names), arrays
 
 
 def device_name(device: torch.device) -> str:

@@ -1,10 +1,17 @@
-"""Aligned pairs: folders of face crops in the generator's framing, paired by sorted order or a pairs file."""
+"""Aligned pairs: folders of face crops in the generator's framing, paired by sorted order or a pairs file.
+
+Optional, for data with known truth (the synthetic world, or any labelled set): `--gallery DIR` makes
+retrieval per identity (a source's identity is the first folder of its path), `--truth FILE` gives each
+target's yaw, pitch and expression class, and `--target-masks DIR` the region a swap may change.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -60,13 +67,78 @@ def load_aligned(path: Path, size: int, resample: Image.Resampling) -> np.ndarra
     return np.asarray(rgb).copy()  # (S, S, 3) uint8
 
 
+def identity_of(rel: str) -> str:
+    """A path's identity under --gallery: its first folder (`id00012/003.png` -> `id00012`)."""
+    head, sep, _ = rel.partition("/")
+    return head if sep else ""
+
+
+def load_gallery(folder: Path, size: int, resample: Image.Resampling) -> dict[str, list[np.ndarray]]:
+    """identity -> its gallery crops, from `folder/IDENTITY/*` images."""
+    gallery: dict[str, list[np.ndarray]] = {}
+    for rel in list_images(folder):
+        if identity_of(rel):
+            gallery.setdefault(identity_of(rel), []).append(load_aligned(folder / rel, size, resample))
+    if not gallery:
+        raise FileNotFoundError(f"--gallery {folder} holds no IDENTITY/ folders of images")
+    return gallery
+
+
+def load_truth(path: Path, targets: set[str]) -> dict[str, dict[str, Any]]:
+    """target -> {yaw, pitch, expression} from JSON lines; every evaluated target must have a line."""
+    truth: dict[str, dict[str, Any]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            truth[str(rec["image"])] = rec
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f'--truth {path}:{n}: expected a JSON object with an "image" key') from None
+    missing = sorted(targets - set(truth))
+    if missing:
+        raise ValueError(f"--truth {path} has no line for {len(missing)} target(s), e.g. {missing[0]}")
+    return truth
+
+
+def load_mask(folder: Path, target: str, size: int) -> np.ndarray:
+    """(S, S) bool: where the swap may change the target (the mask's non-black pixels)."""
+    path = (folder / target).with_suffix(".png")
+    if not path.is_file():
+        raise FileNotFoundError(f"--target-masks {folder}: no mask {path.name} for target {target}")
+    mask = Image.open(path).convert("L")
+    if mask.size != (size, size):
+        mask = mask.resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(mask) > 0
+
+
+def _truth_row(truth: dict[str, dict[str, Any]] | None, target: str) -> dict[str, float | int | None]:
+    rec = (truth or {}).get(target, {})
+    get = lambda key, kind: None if rec.get(key) is None else kind(rec[key])  # noqa: E731
+    return {
+        "truth_yaw": get("yaw", float),
+        "truth_pitch": get("pitch", float),
+        "truth_expression": get("expression", int),
+    }
+
+
 def pairs_units(cfg: EvalConfig, pairs: list[tuple[str, str]], size: int, official: bool, skipped: Counter):
     target, source = Path(cfg.target), Path(cfg.source)
     # the official eval.py resizes with PIL bilinear; swapper.swap's aligned path with bicubic
     resample = Image.Resampling.BILINEAR if official else Image.Resampling.BICUBIC
+    truth = load_truth(Path(cfg.truth), {t for t, _ in pairs}) if cfg.truth is not None else None
+    by_identity = cfg.gallery is not None
+    if by_identity and not any(identity_of(rel) for rel in list_images(Path(cfg.gallery))):
+        raise FileNotFoundError(f"--gallery {cfg.gallery} holds no IDENTITY/ folders of images")
+    if cfg.target_masks is not None:  # checked before REPORT_DIR exists: a refused run leaves nothing
+        for t, _ in pairs:
+            if not (Path(cfg.target_masks) / t).with_suffix(".png").is_file():
+                raise FileNotFoundError(f"--target-masks {cfg.target_masks}: no mask for target {t} (its path, .png)")
 
     def build(k: int, chunk: list[tuple[str, str]]) -> Unit:
         unit = Unit(f"chunk_{k:05d}", [f"{t} {s}" for t, s in chunk])
+        if by_identity and k == 0:  # the whole gallery goes into the first part; finish() reads every part's
+            unit.gallery = load_gallery(Path(cfg.gallery), size, resample)
         for t, s in chunk:
             try:
                 tgt = load_aligned(target / t, size, resample)
@@ -75,12 +147,17 @@ def pairs_units(cfg: EvalConfig, pairs: list[tuple[str, str]], size: int, offici
                 skipped["unreadable_image"] += 1
                 print(f"swapper.evaluate: unreadable_image: pair {t} {s}: {e}", file=sys.stderr)
                 continue
+            keys = (identity_of(s), identity_of(t)) if by_identity else (s, t)
             unit.rows.append({"pair": f"{t} {s}", "target": t, "source": s, "target_frame": 0, "source_frame": 0,
-                              "slot": 0})  # fmt: skip
+                              "slot": 0, "source_key": keys[0], "target_key": keys[1],
+                              **_truth_row(truth, t)})  # fmt: skip
             unit.targets.append(tgt)
             unit.sources.append(src)
             unit.source_paths.append(source / s)
-            unit.gallery.setdefault(s, [src])
+            if cfg.target_masks is not None:
+                unit.masks.append(load_mask(Path(cfg.target_masks), t, size))
+            if not by_identity:
+                unit.gallery.setdefault(s, [src])
         return unit
 
     for k in range(0, len(pairs), cfg.chunk_size):

@@ -117,7 +117,7 @@ def finish(output: Path, names: list[str], skipped: Counter) -> tuple[dict[str, 
     rows = pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table()
     keys = sorted(gallery)
     index = {k: i for i, k in enumerate(keys)}
-    sources = rows.column("source").to_pylist()
+    sources = rows.column("source_key").to_pylist()
     have = [s in index for s in sources]
     if not all(have):  # a source without any face has no gallery entry: its rows cannot be scored
         skipped["source_not_in_gallery"] += len(have) - sum(have)
@@ -125,12 +125,19 @@ def finish(output: Path, names: list[str], skipped: Counter) -> tuple[dict[str, 
         swap_ids = [np.concatenate(swap_ids)[np.array(have)]] if swap_ids else []
         sources = [s for s, h in zip(sources, have) if h]
     q = np.concatenate(swap_ids) if swap_ids else np.zeros((0, 1))
+    ranks, cos = np.zeros(0, np.int64), np.zeros(0)
+    target_ranks = np.full(len(q), -1, np.int64)  # -1: the target's identity has no gallery entry
     if len(q):
-        ranks, cos = ret.rank(q, [index[s] for s in sources], np.stack([gallery[k] for k in keys]))
-    else:
-        ranks, cos = np.zeros(0, np.int64), np.zeros(0)
-    rows = rows.append_column("id_rank", pa.array(ranks.astype(np.int32))).append_column(
-        "id_cosine", pa.array(cos.astype(np.float64))
+        table = np.stack([gallery[k] for k in keys])
+        ranks, cos = ret.rank(q, [index[s] for s in sources], table)
+        targets = rows.column("target_key").to_pylist()
+        known = np.array([t in index for t in targets])
+        if known.any():  # how often the target's own identity still wins: the swap did not move it
+            target_ranks[known] = ret.rank(q[known], [index[t] for t in targets if t in index], table)[0]
+    rows = (
+        rows.append_column("id_rank", pa.array(ranks.astype(np.int32)))
+        .append_column("id_cosine", pa.array(cos.astype(np.float64)))
+        .append_column("target_id_rank", pa.array(target_ranks.astype(np.int32)))
     )
     fid = None
     if fid_s:
@@ -145,8 +152,31 @@ def finish(output: Path, names: list[str], skipped: Counter) -> tuple[dict[str, 
         "pose_error": summarise(rows.column("pose_error").to_numpy()),
         "expression_error": summarise(rows.column("expression_error").to_numpy()),
         "fid": fid,
+        **per_axis(rows, target_ranks),
     }
     return metrics, rows
+
+
+def per_axis(rows: pa.Table, target_ranks: np.ndarray) -> dict[str, Any]:
+    """The figures that exist only with the data for them (None otherwise): target-identity retrieval (targets
+    in the gallery), yaw and pitch error (against --truth where given), expression accuracy (a classifier),
+    and the fraction of pixels changed outside the face (--target-masks), in percent."""
+
+    def pct(column: str) -> float | None:
+        v = rows.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+        v = v[np.isfinite(v)]
+        return float(100.0 * v.mean()) if len(v) else None
+
+    known = target_ranks[target_ranks >= 0]
+    truth = rows.column("truth_yaw").to_numpy(zero_copy_only=False)
+    return {
+        "target_id_retrieval": ret.top_k(known, (1, 5)) if len(known) else None,
+        "yaw_error": summarise(rows.column("yaw_error").to_numpy(zero_copy_only=False)),
+        "pitch_error": summarise(rows.column("pitch_error").to_numpy(zero_copy_only=False)),
+        "pose_reference": "truth" if len(truth) and np.isfinite(truth).all() else "target estimate",
+        "expression_accuracy": pct("expression_match"),
+        "outside_changed": pct("outside_changed"),
+    }
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
@@ -225,6 +255,13 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "id_rank": rows.column("id_rank").to_numpy(),
         "pose_error": rows.column("pose_error").to_numpy(),
         "expression_error": rows.column("expression_error").to_numpy(),
+        "yaw_error": rows.column("yaw_error").to_numpy(),
+        "pitch_error": rows.column("pitch_error").to_numpy(),
+        **(
+            {"outside_changed": rows.column("outside_changed").to_numpy()}
+            if metrics["outside_changed"] is not None
+            else {}
+        ),
     }
     plots = plot_distributions(output, columns)
     atomic_write_json(output / "report.json", report)

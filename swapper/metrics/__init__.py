@@ -4,6 +4,7 @@
     pose.py        head pose (yaw, pitch, roll) in degrees: HopeNet (ResNet-50, three 66-bin heads)
     expression.py  the 64 expression coefficients of Deep3DFaceRecon's ResNet-50 regressor
     fid.py         Inception-v3 pool features and the Frechet distance
+    world.py       `world:PATH`: the synthetic world's recogniser and attribute net (make world)
     retrieval.py   top-k identity retrieval against a gallery, by hand-checkable rules
     report.py      the paper's table, report.md, plots
 

@@ -16,13 +16,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def parse_spec(spec: str, kind: str, flag: str, extra: tuple[str, ...] = ()) -> tuple[str, Path | None]:
-    """`KIND:PATH` -> (KIND, path), `tiny` -> ("tiny", None), or one of `extra` (e.g. `none`)."""
+def parse_spec(
+    spec: str, kind: str | tuple[str, ...], flag: str, extra: tuple[str, ...] = ()
+) -> tuple[str, Path | None]:
+    """`KIND:PATH` (one of `kind`) -> (KIND, path), `tiny` -> ("tiny", None), or one of `extra` (e.g. `none`)."""
     if spec == "tiny" or spec in extra:
         return spec, None
+    kinds = (kind,) if isinstance(kind, str) else kind
     head, _, arg = spec.partition(":")
-    if head != kind or not arg:
-        choices = " | ".join([f"{kind}:PATH", "tiny", *extra])
+    if head not in kinds or not arg:
+        choices = " | ".join([*(f"{k}:PATH" for k in kinds), "tiny", *extra])
         raise ValueError(f"{flag} must be {choices}, got {spec!r}")
     path = Path(arg)
     if not path.is_file():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from swapper.metrics import world
 from swapper.metrics.common import MetricModel, calibrate_bn, load_strict, load_weights, parse_spec, resize
 from swapper.metrics.resnet import PLANES, RESNET50, TINY_LAYERS, TINY_PLANES, Trunk
 
@@ -42,8 +43,10 @@ class Deep3DRecon(MetricModel):
         return self.coefficients(crops)[:, EXP]  # (B, 64)
 
 
-def load_expression(spec: str) -> Deep3DRecon:
-    kind, path = parse_spec(spec, "deep3d", "--expr-model")
+def load_expression(spec: str) -> MetricModel:
+    kind, path = parse_spec(spec, ("deep3d", world.KIND), "--expr-model")
+    if kind == world.KIND:
+        return world.load("expression", path, "--expr-model")
     if kind == "tiny":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(2)

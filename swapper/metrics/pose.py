@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from swapper.metrics import world
 from swapper.metrics.common import MetricModel, calibrate_bn, imagenet, load_strict, load_weights, parse_spec, resize
 from swapper.metrics.resnet import PLANES, RESNET50, TINY_LAYERS, TINY_PLANES, Trunk
 
@@ -50,8 +51,10 @@ def to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {(k if k.startswith(heads) else f"trunk.{k}"): v for k, v in state.items()}
 
 
-def load_pose(spec: str) -> HopeNet:
-    kind, path = parse_spec(spec, "hopenet", "--pose-model")
+def load_pose(spec: str) -> MetricModel:
+    kind, path = parse_spec(spec, ("hopenet", world.KIND), "--pose-model")
+    if kind == world.KIND:
+        return world.load("pose", path, "--pose-model")
     if kind == "tiny":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from swapper.faces.align import ARCFACE_112, ARCFACE_SIZE
+from swapper.metrics import world
 from swapper.metrics.common import MetricModel, calibrate_bn, load_strict, load_weights, parse_spec, reframe
 from training.models.identity import TINY_ID
 from training.models.iresnet import IRESNET_LAYERS, IResNet, build_iresnet
@@ -39,8 +40,10 @@ class Recogniser(MetricModel):
         return F.normalize(self.backbone(x).float(), dim=1)  # (B, 512)
 
 
-def load_recogniser(spec: str, crop: str = "ffhq") -> Recogniser:
-    kind, path = parse_spec(spec, "cosface", "--id-model")
+def load_recogniser(spec: str, crop: str = "ffhq") -> MetricModel:
+    kind, path = parse_spec(spec, ("cosface", world.KIND), "--id-model")
+    if kind == world.KIND:
+        return world.load("id", path, "--id-model")
     if kind == "tiny":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

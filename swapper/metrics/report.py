@@ -90,8 +90,22 @@ def write_markdown(path: Path, report: dict[str, Any], plots: list[str]) -> None
         f"mean ID cosine: {_cell(m['id_similarity']['mean'], 4)}",
         f"- pose error (L2 of yaw, pitch, roll, degrees): mean {_cell(m['pose_error']['mean'], 3)}, "
         f"median {_cell(m['pose_error']['median'], 3)}",
-        f"- expression error (L2 of 64 Deep3DFaceRecon coefficients): mean {_cell(m['expression_error']['mean'], 3)}, "
+        f"- expression error (L2 of the expression model's outputs): mean {_cell(m['expression_error']['mean'], 3)}, "
         f"median {_cell(m['expression_error']['median'], 3)}",
+        f"- yaw / pitch error (absolute, degrees, against the {m.get('pose_reference', 'target estimate')}): mean "
+        f"{_cell(m['yaw_error']['mean'], 3)} / {_cell(m['pitch_error']['mean'], 3)}"
+        if "yaw_error" in m
+        else None,
+        f"- target ID retrieval top-1 / top-5 (its identity still wins): {_cell(m['target_id_retrieval']['top1'])}"
+        f" / {_cell(m['target_id_retrieval']['top5'])} %"
+        if m.get("target_id_retrieval")
+        else None,
+        f"- expression accuracy (the swap's class is the target's): {_cell(m['expression_accuracy'])} %"
+        if m.get("expression_accuracy") is not None
+        else None,
+        f"- pixels changed outside the face (--target-masks): {_cell(m['outside_changed'])} %"
+        if m.get("outside_changed") is not None
+        else None,
         f"- FID (swaps vs target crops): {_cell(m.get('fid'), 3)}",
         f"- skipped: {report['skipped'] or 'none'}",
     ]
@@ -112,7 +126,7 @@ def write_markdown(path: Path, report: dict[str, Any], plots: list[str]) -> None
         "",
         "## This run",
         "",
-        *detail,
+        *[line for line in detail if line is not None],
         "",
         "## Distributions",
         "",

@@ -242,7 +242,10 @@ def test_pairs_protocol_with_a_generator_and_a_pairs_file(tmp_path: Path, tiny_g
     ("args", "message"),
     [
         (["--protocol", "ffpp"], "needs --data"),
-        (["--protocol", "ffpp", "--data", "X", "--id-model", "arcface:x"], "--id-model must be cosface:PATH | tiny"),
+        (
+            ["--protocol", "ffpp", "--data", "X", "--id-model", "arcface:x"],
+            "--id-model must be cosface:PATH | world:PAT",
+        ),
         (["--protocol", "ffpp", "--data", "X", "--checkpoint", "baseline:neither"], "baseline must be one of"),
     ],
 )
