@@ -82,8 +82,8 @@ test-browser: install ## install Debian's chromium + chromium-driver if missing 
 	fi
 	$(OFFLINE) $(PY) -m pytest -q -m browser tests
 
-app: install ## the web page on http://127.0.0.1:7860: CKPT=RUN_DIR|hf://USER/NAME (default demo_out/run) [ARGS="--port 7861 --host 0.0.0.0"]
-	$(PY) -m swapper.app --checkpoint $(or $(CKPT),$(DEMO)/run) $(ARGS)
+app: install ## the web page on http://127.0.0.1:7860: CKPT=RUN_DIR|hf://USER/NAME (default: the demo's world run) [ARGS="--port 7861 --host 0.0.0.0"]
+	$(PY) -m swapper.app --checkpoint $(or $(CKPT),$(DEMO)/world/runs/full_s0) $(ARGS)
 
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check pipeline training swapper demo tests bench

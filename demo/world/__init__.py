@@ -5,7 +5,8 @@ measured on a CPU (`python -m demo.world --out DIR`).
            training split written in the official AlphaFace layout
 - `nets`:  the recognisers (the project's IResNet + an ArcFace margin) and the attribute net
 - `clip`:  a tiny open_clip model trained on the world's captions
-- `judge`: held-out pairs, the swaps, the table's figures, sample grids
+- `judge`: the held-out identities as `swapper.evaluate --protocol pairs` inputs (gallery, truth, masks),
+           each row's figures from it, sample grids
 - `report`: report.md and report.json
 - `run`:   the command: every stage in order, resumable
 """

@@ -50,8 +50,8 @@ class WorldConfig:
     heldout_per_id: int = 10
     id_steps: int = 200
     judge_steps: int = 200
-    attr_steps: int = 200
-    clip_steps: int = 150
+    attr_steps: int = 160
+    clip_steps: int = 120
     warm_steps: int = 300
     steps: int = 120
     pairs: int = 256
@@ -91,6 +91,7 @@ def train_nets(cfg: WorldConfig, world: dict[str, np.ndarray]) -> dict[str, Any]
     from demo.world.clip import CONFIG_FILE, WEIGHTS_FILE, train_clip
     from demo.world.judge import GALLERY_PER_ID
     from pipeline.dataset import atomic_write_json
+    from swapper.metrics.world import save
 
     folder = cfg.out / "nets"
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,7 @@ def train_nets(cfg: WorldConfig, world: dict[str, np.ndarray]) -> dict[str, Any]
             _log(f"{name} recogniser (IResNet {shape['widths']}, ArcFace margin, seed {seed})")
             t0 = time.perf_counter()
             net = nets.train_recogniser(world, shape, seed, steps, desc=name, progress=cfg.progress)
-            nets.save(net, folder / f"{name}.safetensors", {**shape, "seed": seed, "steps": steps})
+            save(net, folder / f"{name}.safetensors", {**shape, "seed": seed, "steps": steps})
             figures = nets.retrieval(net, world, GALLERY_PER_ID)
             record[name] = {**figures, "seconds": round(time.perf_counter() - t0, 1), "seed": seed}
             atomic_write_json(record_path, record)
@@ -110,7 +111,7 @@ def train_nets(cfg: WorldConfig, world: dict[str, np.ndarray]) -> dict[str, Any]
         _log("attribute net (yaw, pitch, expression; seed 2)")
         t0 = time.perf_counter()
         net = nets.train_attr(world, seed=2, steps=cfg.attr_steps, progress=cfg.progress)
-        nets.save(net, folder / "attributes.safetensors", {**nets.ATTR_SHAPE, "seed": 2, "steps": cfg.attr_steps})
+        save(net, folder / "attributes.safetensors", {**nets.ATTR_SHAPE, "seed": 2, "steps": cfg.attr_steps})
         record["attributes"] = {**_attr_figures(net, world), "seconds": round(time.perf_counter() - t0, 1)}
         atomic_write_json(record_path, record)
     if "clip" not in record:

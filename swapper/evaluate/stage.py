@@ -208,7 +208,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         pairs = aligned_pairs(cfg)[: cfg.limit]
         official = isinstance(swapper, GeneratorSwapper) and swapper.official is not None
         units = list(pairs_units(cfg, pairs, size, official, skipped))
-        gallery = "each source image"
+        gallery = "each identity's mean over --gallery" if cfg.gallery is not None else "each source image"
     settings = settings_of(cfg, swapper, models, gallery)
     output.mkdir(parents=True, exist_ok=True)  # only once every input is known good: no empty REPORT_DIR
     first = check_settings(output, settings)

@@ -218,9 +218,9 @@ def test_the_page_swaps_a_photo_and_shows_errors_in_a_real_browser(demo_run, tmp
     for path in (source, target):
         Image.fromarray(scenes.astronaut()).save(path)
     server = tmp_path / "server"
-    (server / "demo_out").mkdir(parents=True)
-    (server / "demo_out" / "run").symlink_to(demo_run)  # the page names it as `make app` does
-    args = ["--checkpoint", "demo_out/run"]
+    (server / "demo_out" / "world" / "runs").mkdir(parents=True)
+    (server / "demo_out" / "world" / "runs" / "full_s0").symlink_to(demo_run)  # the page names it as `make app` does
+    args = ["--checkpoint", "demo_out/world/runs/full_s0"]
     with browser.serve(args, server, cwd=server) as (url, log), browser.chromium() as driver:
         urls = []
         browser.open_page(driver, url, "#swap-button")
