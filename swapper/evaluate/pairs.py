@@ -11,13 +11,12 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from swapper.evaluate.config import IMAGE_SUFFIXES, EvalConfig
-from swapper.evaluate.measure import Unit
+from swapper.evaluate.measure import ROW_DEFAULTS, Unit
 from swapper.images import load_rgb
 
 
@@ -73,28 +72,38 @@ def identity_of(rel: str) -> str:
     return head if sep else ""
 
 
-def load_gallery(folder: Path, size: int, resample: Image.Resampling) -> dict[str, list[np.ndarray]]:
-    """identity -> its gallery crops, from `folder/IDENTITY/*` images."""
+def load_gallery(folder: Path, size: int, resample: Image.Resampling, skipped: Counter) -> dict[str, list[np.ndarray]]:
+    """identity -> its gallery crops, from `folder/IDENTITY/*` images (an unreadable one is counted, not used)."""
     gallery: dict[str, list[np.ndarray]] = {}
     for rel in list_images(folder):
         if identity_of(rel):
-            gallery.setdefault(identity_of(rel), []).append(load_aligned(folder / rel, size, resample))
-    if not gallery:
-        raise FileNotFoundError(f"--gallery {folder} holds no IDENTITY/ folders of images")
+            try:
+                gallery.setdefault(identity_of(rel), []).append(load_aligned(folder / rel, size, resample))
+            except (OSError, ValueError) as e:
+                skipped["unreadable_gallery_image"] += 1
+                print(f"swapper.evaluate: unreadable_gallery_image: {rel}: {e}", file=sys.stderr)
     return gallery
 
 
-def load_truth(path: Path, targets: set[str]) -> dict[str, dict[str, Any]]:
-    """target -> {yaw, pitch, expression} from JSON lines; every evaluated target must have a line."""
-    truth: dict[str, dict[str, Any]] = {}
+TRUTH_KEYS = {"yaw": float, "pitch": float, "expression": int}
+
+
+def load_truth(path: Path, targets: set[str]) -> dict[str, dict[str, float | int | None]]:
+    """target -> {truth_yaw, truth_pitch, truth_expression} (None where a line lacks the key), from JSON
+    lines; every evaluated target must have a line."""
+    truth: dict[str, dict[str, float | int | None]] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-            truth[str(rec["image"])] = rec
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f'--truth {path}:{n}: expected a JSON object with an "image" key') from None
+            truth[str(rec["image"])] = {
+                f"truth_{k}": None if rec.get(k) is None else kind(rec[k]) for k, kind in TRUTH_KEYS.items()
+            }
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ValueError(
+                f'--truth {path}:{n}: expected a JSON object with an "image" key and numeric yaw, pitch, expression'
+            ) from None
     missing = sorted(targets - set(truth))
     if missing:
         raise ValueError(f"--truth {path} has no line for {len(missing)} target(s), e.g. {missing[0]}")
@@ -110,16 +119,6 @@ def load_mask(folder: Path, target: str, size: int) -> np.ndarray:
     if mask.size != (size, size):
         mask = mask.resize((size, size), Image.Resampling.NEAREST)
     return np.asarray(mask) > 0
-
-
-def _truth_row(truth: dict[str, dict[str, Any]] | None, target: str) -> dict[str, float | int | None]:
-    rec = (truth or {}).get(target, {})
-    get = lambda key, kind: None if rec.get(key) is None else kind(rec[key])  # noqa: E731
-    return {
-        "truth_yaw": get("yaw", float),
-        "truth_pitch": get("pitch", float),
-        "truth_expression": get("expression", int),
-    }
 
 
 def pairs_units(cfg: EvalConfig, pairs: list[tuple[str, str]], size: int, official: bool, skipped: Counter):
@@ -138,7 +137,7 @@ def pairs_units(cfg: EvalConfig, pairs: list[tuple[str, str]], size: int, offici
     def build(k: int, chunk: list[tuple[str, str]]) -> Unit:
         unit = Unit(f"chunk_{k:05d}", [f"{t} {s}" for t, s in chunk])
         if by_identity and k == 0:  # the whole gallery goes into the first part; finish() reads every part's
-            unit.gallery = load_gallery(Path(cfg.gallery), size, resample)
+            unit.gallery = load_gallery(Path(cfg.gallery), size, resample, skipped)
         for t, s in chunk:
             try:
                 tgt = load_aligned(target / t, size, resample)
@@ -150,7 +149,7 @@ def pairs_units(cfg: EvalConfig, pairs: list[tuple[str, str]], size: int, offici
             keys = (identity_of(s), identity_of(t)) if by_identity else (s, t)
             unit.rows.append({"pair": f"{t} {s}", "target": t, "source": s, "target_frame": 0, "source_frame": 0,
                               "slot": 0, "source_key": keys[0], "target_key": keys[1],
-                              **_truth_row(truth, t)})  # fmt: skip
+                              **(truth[t] if truth else ROW_DEFAULTS)})  # fmt: skip
             unit.targets.append(tgt)
             unit.sources.append(src)
             unit.source_paths.append(source / s)

@@ -114,6 +114,7 @@ def test_world_networks_gallery_truth_and_masks_match_a_hand_computation(world: 
     [
         ("mask", "no mask for target"),
         ("truth", "has no line for 1 target"),
+        ("truth_value", "numeric yaw, pitch, expression"),
         ("id_model", "not a world network file"),
         ("gallery", "holds no IDENTITY/ folders"),
     ],
@@ -130,6 +131,10 @@ def test_incomplete_truth_is_one_line_and_leaves_no_report_dir(world, tmp_path, 
     elif change == "truth":
         lines = [x for x in (h / "truth.jsonl").read_text().splitlines() if json.loads(x)["image"] != first_target]
         (h / "truth.jsonl").write_text("\n".join(lines) + "\n")
+    elif change == "truth_value":
+        lines = [json.loads(x) for x in (h / "truth.jsonl").read_text().splitlines()]
+        lines[len(lines) // 2]["yaw"] = "left"  # a typo in one line of many
+        (h / "truth.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     elif change == "id_model":
         (root / "judge.safetensors").write_bytes(b"not safetensors at all")
     else:
@@ -149,3 +154,14 @@ def test_truth_masks_and_gallery_belong_to_the_pairs_protocol(tmp_path: Path, ca
     with pytest.raises(SystemExit) as e:
         evaluate.main(argv)
     assert e.value.code == 2 and "for --protocol pairs" in capsys.readouterr().err
+
+
+def test_an_unreadable_gallery_image_is_counted_and_its_identity_kept(world: Path, tmp_path: Path) -> None:
+    shutil.copytree(world / "heldout", tmp_path / "heldout")
+    for name in ("judge.safetensors", "attributes.safetensors"):
+        shutil.copy(world / name, tmp_path / name)
+    first = sorted((tmp_path / "heldout" / "gallery").rglob("*.png"))[0]
+    first.write_bytes(b"\x89PNG truncated")
+    s = evaluate.main(args(tmp_path, "baseline:target", tmp_path / "report"))
+    assert s["skipped"] == {"unreadable_gallery_image": 1}
+    assert s["metrics"]["gallery_size"] == 6 and s["metrics"]["rows"] == PAIRS  # its other images still stand
