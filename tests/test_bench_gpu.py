@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,6 +18,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), *args], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow  # 77 s on the 2-core VM: every bench at toy size (make test-all, and before a GPU session)
 def test_the_dry_run_writes_one_json_line_per_bench(tmp_path):
     proc = _run("--dry-run", "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-3000:]
