@@ -60,15 +60,20 @@ def export(world: dict[str, np.ndarray], folder: Path, pairs: int) -> tuple[np.n
     gallery = {int(r) for u in np.unique(ids[rows]) for r in rows[ids[rows] == u][:GALLERY_PER_ID]}
     truth = []
     for k, r in enumerate(rows.tolist()):
-        for sub, pixels in (("gallery" if r in gallery else "faces", world["images"][r]), ("masks", masks[k])):
-            with atomic_open(folder / sub / rel[r]) as f:
-                Image.fromarray(pixels.astype(np.uint8) * (255 if sub == "masks" else 1)).save(f, format="PNG")
+        _png(folder / ("gallery" if r in gallery else "faces") / rel[r], world["images"][r])
+        if r not in gallery:  # the pairs' faces: the targets, whose masks evaluate reads
+            _png(folder / "masks" / rel[r], masks[k].astype(np.uint8) * 255)
         truth.append({"image": rel[r], "yaw": float(world["yaw"][r]), "pitch": float(world["pitch"][r]),
                       "expression": int(world["expression"][r])})  # fmt: skip
     atomic_write_bytes(folder / "truth.jsonl", "".join(json.dumps(t) + "\n" for t in truth).encode())
     atomic_write_bytes(folder / "pairs.txt", "".join(f"{rel[t]} {rel[s]}\n" for s, t in zip(src, tgt)).encode())
     atomic_write_json(folder / "done.json", {"pairs": len(src), "identities": int(len(np.unique(ids[rows])))})
     return src, tgt
+
+
+def _png(path: Path, pixels: np.ndarray) -> None:
+    with atomic_open(path) as f:
+        Image.fromarray(pixels).save(f, format="PNG")
 
 
 def evaluate(checkpoint: str, heldout: Path, nets: Path, output: Path) -> dict[str, float]:

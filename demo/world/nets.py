@@ -11,7 +11,6 @@ sharpness (a pose regressor trained on clean images reads a blurred face 20 degr
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from swapper.metrics.retrieval import rank
-from swapper.metrics.world import AttrNet
+from swapper.metrics.world import AttrNet, WorldRecogniser
 from training.models.iresnet import IRESNET_SMALL, IResNet
 
 ID_SHAPE = IRESNET_SMALL["world"]  # the encoder the swapper trains against
@@ -68,6 +67,13 @@ def _schedule(net: nn.Module, extra: list[nn.Parameter], steps: int, lr: float) 
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
 
 
+def _update(opt: torch.optim.Optimizer, sched: Any, loss: Tensor) -> None:
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 # ---------------------------------------------------------------------------------------------
 # Recognisers
 
@@ -105,23 +111,15 @@ def train_recogniser(
         x, _ = augment(to_unit(xs[idx]), g)
         x = F.interpolate(x, size=net.input_size, mode="bilinear", align_corners=False)
         loss = F.cross_entropy(head(net(x * 2 - 1), y_all[idx], head.m * min(1.0, step / (0.3 * steps))), y_all[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        _update(opt, sched, loss)
     return net.eval()
 
 
 @torch.no_grad()
-def embed(net: Callable[[Tensor], Tensor], x_u8: Tensor, batch: int = 256) -> Tensor:
-    """L2-normalised embeddings of uint8 images through an IResNet (resized to its input)."""
-    out = []
-    for i in range(0, len(x_u8), batch):
-        x = to_unit(x_u8[i : i + batch])
-        size = getattr(net, "input_size", x.shape[-1])
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if x.shape[-1] != size else x
-        out.append(F.normalize(net(x * 2 - 1), dim=-1))
-    return torch.cat(out)
+def embed(net: IResNet, x_u8: Tensor, batch: int = 256) -> Tensor:
+    """L2-normalised embeddings of uint8 images, as `swapper.evaluate --id-model world:PATH` computes them."""
+    recogniser = WorldRecogniser(net)
+    return torch.cat([recogniser(to_unit(x_u8[i : i + batch])) for i in range(0, len(x_u8), batch)])
 
 
 def gallery(net: IResNet, world: dict[str, np.ndarray], per_id: int) -> tuple[np.ndarray, Tensor]:
@@ -167,10 +165,7 @@ def train_attr(
         y_yaw = torch.where(flips, -yaw[idx], yaw[idx])  # a mirrored face turns the other way
         loss = 4 * (F.smooth_l1_loss(pose[:, 0] / 30, y_yaw / 30) + F.smooth_l1_loss(pose[:, 1] / 30, pitch[idx] / 30))
         loss = loss + F.cross_entropy(logits, expr[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        _update(opt, sched, loss)
     return net.eval()
 
 

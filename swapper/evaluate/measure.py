@@ -146,7 +146,7 @@ ROW_SCHEMA = pa.schema([
     ("yaw_error", pa.float64()), ("pitch_error", pa.float64()), ("expression_match", pa.float64()),
     ("outside_changed", pa.float64()),
 ])  # fmt: skip
-# the columns a part written before they existed lacks, and a row without truth holds
+# what a row without --truth holds
 ROW_DEFAULTS: dict[str, Any] = {"truth_yaw": None, "truth_pitch": None, "truth_expression": None}
 
 
@@ -168,7 +168,7 @@ def read_part(output: Path, name: str) -> tuple[pa.Table, dict[str, np.ndarray]]
     with np.load(npz, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     table = pq.read_table(parquet)
-    for name in ROW_SCHEMA.names:  # a part from before a column existed: its keys, and NaNs
+    for name in ROW_SCHEMA.names:  # a part from before a column existed: its keys, and nulls
         if name not in table.column_names:
             f, like = ROW_SCHEMA.field(name), {"source_key": "source", "target_key": "target"}.get(name)
             table = table.append_column(f, table.column(like) if like else pa.nulls(table.num_rows, f.type))

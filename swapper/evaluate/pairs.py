@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from swapper.evaluate.config import IMAGE_SUFFIXES, EvalConfig
-from swapper.evaluate.measure import ROW_DEFAULTS, Unit
+from swapper.evaluate.measure import Unit
 from swapper.images import load_rgb
 
 
@@ -149,7 +149,7 @@ def pairs_units(cfg: EvalConfig, pairs: list[tuple[str, str]], size: int, offici
             keys = (identity_of(s), identity_of(t)) if by_identity else (s, t)
             unit.rows.append({"pair": f"{t} {s}", "target": t, "source": s, "target_frame": 0, "source_frame": 0,
                               "slot": 0, "source_key": keys[0], "target_key": keys[1],
-                              **(truth[t] if truth else ROW_DEFAULTS)})  # fmt: skip
+                              **(truth[t] if truth else {})})  # fmt: skip
             unit.targets.append(tgt)
             unit.sources.append(src)
             unit.source_paths.append(source / s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -38,3 +39,27 @@ def alphaface_folder(tmp_path_factory):
     from tests.pipeline.alphaface_builders import make_alphaface
 
     return make_alphaface(tmp_path_factory.mktemp("alphaface") / "256_small")
+
+
+# WARNING records from transformers and vLLM, for the vLLM front-end tests
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def warnings_log():
+    """WARNING records from transformers and vLLM. transformers' `warning_once` caches what it has
+    said in this process; the cache is cleared so an earlier test cannot hide a warning here."""
+    logging.Logger.warning_once.cache_clear()
+    handler = Records()
+    loggers = [logging.getLogger(name) for name in ("transformers", "vllm")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    yield handler.messages
+    for lg in loggers:
+        lg.removeHandler(handler)

@@ -11,7 +11,6 @@ processor, and vLLM refuses an accelerator there when the instance also runs the
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -21,26 +20,17 @@ pytest.importorskip("vllm", reason="vllm is not installed (make test-vllm instal
 from pipeline.engines.vllm_engine import VLLMFrontend, llm_kwargs, mm_processor_kwargs  # noqa: E402
 from pipeline.prompts import PROMPTS  # noqa: E402
 
-from .test_vllm_frontend import Records, face, image_tokens, kwargs, pixel_values  # noqa: E402
+from .test_vllm_frontend import (  # noqa: E402
+    face,
+    image_tokens,
+    kwargs,
+    pixel_values,
+)
 
 pytestmark = pytest.mark.vllm
 
 ENGINE_KWARGS = {"crop_to_patches": False, "do_resize": False}
 NOT_VALID = "is not a valid argument for this processor"
-
-
-@pytest.fixture
-def warnings_log():
-    """WARNING records from transformers and vLLM, as in test_vllm_frontend.py (`warning_once`'s cache
-    cleared, so an earlier test cannot hide a warning here)."""
-    logging.Logger.warning_once.cache_clear()
-    handler = Records()
-    loggers = [logging.getLogger(name) for name in ("transformers", "vllm")]
-    for lg in loggers:
-        lg.addHandler(handler)
-    yield handler.messages
-    for lg in loggers:
-        lg.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")

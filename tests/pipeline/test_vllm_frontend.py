@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -67,29 +66,6 @@ def image_tokens(fe: VLLMFrontend, engine_input: dict) -> int:
 def pixel_values(engine_input: dict):
     (item,) = engine_input["mm_kwargs"]["image"]
     return item["pixel_values"].data
-
-
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def warnings_log():
-    """WARNING records from transformers and vLLM. transformers' `warning_once` caches what it has
-    said in this process; the cache is cleared so an earlier test cannot hide a warning here."""
-    logging.Logger.warning_once.cache_clear()
-    handler = Records()
-    loggers = [logging.getLogger(name) for name in ("transformers", "vllm")]
-    for lg in loggers:
-        lg.addHandler(handler)
-    yield handler.messages
-    for lg in loggers:
-        lg.removeHandler(handler)
 
 
 # ------------------------------------------------------------------ engine arguments

@@ -125,11 +125,12 @@ def test_incomplete_truth_is_one_line_and_leaves_no_report_dir(world, tmp_path, 
     root = tmp_path
     for name in ("judge.safetensors", "attributes.safetensors"):
         shutil.copy(world / name, root / name)
-    first_target = (h / "pairs.txt").read_text().split()[0]
+    targets = [line.split()[0] for line in (h / "pairs.txt").read_text().splitlines()]
+    late = targets[2 * len(targets) // 3]  # one target late in the list, not the first
     if change == "mask":
-        (h / "masks" / first_target).unlink()
+        (h / "masks" / late).unlink()
     elif change == "truth":
-        lines = [x for x in (h / "truth.jsonl").read_text().splitlines() if json.loads(x)["image"] != first_target]
+        lines = [x for x in (h / "truth.jsonl").read_text().splitlines() if json.loads(x)["image"] != late]
         (h / "truth.jsonl").write_text("\n".join(lines) + "\n")
     elif change == "truth_value":
         lines = [json.loads(x) for x in (h / "truth.jsonl").read_text().splitlines()]
@@ -160,8 +161,8 @@ def test_an_unreadable_gallery_image_is_counted_and_its_identity_kept(world: Pat
     shutil.copytree(world / "heldout", tmp_path / "heldout")
     for name in ("judge.safetensors", "attributes.safetensors"):
         shutil.copy(world / name, tmp_path / name)
-    first = sorted((tmp_path / "heldout" / "gallery").rglob("*.png"))[0]
-    first.write_bytes(b"\x89PNG truncated")
+    images = sorted((tmp_path / "heldout" / "gallery").rglob("*.png"))
+    images[len(images) * 2 // 3].write_bytes(b"\x89PNG truncated")  # one image late in the listing
     s = evaluate.main(args(tmp_path, "baseline:target", tmp_path / "report"))
     assert s["skipped"] == {"unreadable_gallery_image": 1}
     assert s["metrics"]["gallery_size"] == 6 and s["metrics"]["rows"] == PAIRS  # its other images still stand
